@@ -1,0 +1,3 @@
+from alray.cli import main
+
+raise SystemExit(main())

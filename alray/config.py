@@ -1,0 +1,360 @@
+"""The job spec: a YAML file, validated once on the driver into frozen objects.
+
+Every check happens here, before any work starts; the rest of alray assumes a valid
+:class:`JobSpec`. An invalid spec raises :class:`~alray.errors.ConfigError` naming the dotted key,
+the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from alray.errors import ConfigError
+from alray.scoring import SCORES
+
+__all__ = [
+    "JobSpec",
+    "PoolSpec",
+    "ModelSpec",
+    "ScoringSpec",
+    "SelectionSpec",
+    "OutputSpec",
+    "ResourcesSpec",
+    "apply_overrides",
+]
+
+MODEL_KINDS = ("linear", "torchscript", "python", "precomputed")
+POOL_FORMATS = ("parquet",)
+
+
+# ----------------------------------------------------------------------------------- checkers
+# A checker takes (value, where) and returns the normalized value or raises ConfigError.
+
+Checker = Callable[[Any, str], Any]
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"got {_describe(value)}; expected a non-empty string")
+    return value
+
+
+def _int_at_least(minimum: int) -> Checker:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(where, f"got {_describe(value)}; expected an integer >= {minimum}")
+        return value
+
+    return check
+
+
+def _one_of(*allowed: Any) -> Checker:
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, bool) or value not in allowed:
+            choices = " | ".join(str(a) for a in allowed)
+            raise ConfigError(where, f"got {_describe(value)}; expected one of {choices}")
+        return value
+
+    return check
+
+
+def _string_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(where, f"got {_describe(value)}; expected a string or a list of strings")
+    return tuple(items)
+
+
+def _share_or_count(value: Any, where: str) -> float | int:
+    """A share in [0, 1) given as a float, or a count >= 0 given as an integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(where, f"got {_describe(value)}; expected a share in [0, 1) or a count")
+    if isinstance(value, float) and not 0.0 <= value < 1.0:
+        raise ConfigError(where, f"got {value!r}; a share must be in [0, 1), a count an integer")
+    if value < 0:
+        raise ConfigError(where, f"got {value!r}; expected a share in [0, 1) or a count >= 0")
+    return value
+
+
+def _actors(value: Any, where: str) -> int | None:
+    return None if value is None else _int_at_least(1)(value, where)
+
+
+def _gpus(value: Any, where: str) -> str | int:
+    return _one_of("auto", 0, 1)(value, where)
+
+
+# ----------------------------------------------------------------------------------- sections
+
+
+def _section(cls):
+    """Freeze a spec section: keyword-only, immutable, compared and hashed by value."""
+    return dataclass(frozen=True, kw_only=True)(cls)
+
+
+def _spec(default: Any = dataclasses.MISSING, check: Checker | None = None):
+    """A spec field; a field with no default is required."""
+    return field(default=default, metadata={"check": check})
+
+
+@_section
+class PoolSpec:
+    """Where the pool lives and which columns to read."""
+
+    uri: tuple[str, ...] = _spec(check=_string_list)
+    format: str = _spec("parquet", _one_of(*POOL_FORMATS))
+    id_column: str = _spec("id", _string)
+    feature_column: str | None = _spec(None, _string)
+    carry: tuple[str, ...] = _spec((), _string_list)
+    shard_rows: int = _spec(1_000_000, _int_at_least(1))
+
+
+@_section
+class ModelSpec:
+    """The model that turns a batch of features into logits or probabilities."""
+
+    kind: str = _spec(check=_one_of(*MODEL_KINDS))
+    path: str | None = _spec(None, _string)
+    column: str | None = _spec(None, _string)
+    output: str = _spec("logits", _one_of("logits", "probs"))
+
+
+@_section
+class ScoringSpec:
+    strategy: str = _spec("entropy", _one_of(*SCORES))
+    batch_size: int = _spec(8192, _int_at_least(1))
+
+
+@_section
+class SelectionSpec:
+    k: int = _spec(check=_int_at_least(1))
+    candidates: int | None = _spec(None, _int_at_least(1))
+
+    @property
+    def per_shard(self) -> int:
+        """How many candidates each shard keeps for the reducer (M >= k)."""
+        return self.candidates if self.candidates is not None else self.k
+
+
+@_section
+class OutputSpec:
+    uri: str = _spec(check=_string)
+
+
+@_section
+class ResourcesSpec:
+    actors: int | None = _spec(None, _actors)
+    gpus_per_actor: str | int = _spec("auto", _gpus)
+    on_error: str = _spec("fail", _one_of("fail", "skip"))
+    max_attempts: int = _spec(3, _int_at_least(1))
+    max_quarantined: float | int = _spec(0.1, _share_or_count)
+
+
+_SECTIONS: dict[str, type] = {
+    "pool": PoolSpec,
+    "model": ModelSpec,
+    "scoring": ScoringSpec,
+    "selection": SelectionSpec,
+    "output": OutputSpec,
+    "resources": ResourcesSpec,
+}
+_REQUIRED_SECTIONS = ("pool", "model", "selection", "output")
+# Spec keys whose change alters the scores of a shard (resume keys on these).
+SCORING_KEYS = ("pool.id_column", "pool.feature_column", "model", "scoring.strategy")
+
+
+def _build_section(cls: type, raw: Any, where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, f"got {_describe(raw)}; expected a mapping of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(f"{where}.{key}", f"unknown key; {where} takes: {allowed}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw and raw[name] is not None:
+            values[name] = f.metadata["check"](raw[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}", "required key is missing")
+    return cls(**values)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _resolve(path: str, base_dir: Path) -> str:
+    """Make a relative local path relative to the spec file's folder; leave URLs alone."""
+    if _is_url(path) or os.path.isabs(path):
+        return path
+    return str((base_dir / path).resolve())
+
+
+# ----------------------------------------------------------------------------------- JobSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """A validated job spec. Build it with :meth:`from_yaml` or :meth:`from_dict`."""
+
+    name: str
+    pool: PoolSpec
+    model: ModelSpec
+    scoring: ScoringSpec
+    selection: SelectionSpec
+    output: OutputSpec
+    resources: ResourcesSpec
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
+                  out: str | None = None) -> "JobSpec":
+        """Read, override and validate a spec file; relative paths are relative to its folder."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the job spec ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from None
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ConfigError(str(path), "the job spec must be a mapping of sections")
+        raw.setdefault("name", path.stem)
+        return cls.from_dict(raw, base_dir=path.parent, overrides=overrides, out=out)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None,
+                  overrides: Mapping[str, Any] | None = None, out: str | None = None) -> "JobSpec":
+        """Validate a spec given as a mapping (the parsed YAML).
+
+        Args:
+            raw: the spec's sections.
+            base_dir: folder that relative paths in the spec are relative to (default: cwd).
+            overrides: dotted keys to set first, as ``--set`` does.
+            out: replaces ``output.uri`` (relative to the current directory), as ``--out`` does.
+        """
+        raw = apply_overrides(raw, overrides or {})
+        if out is not None:
+            raw.setdefault("output", {})
+            raw["output"] = {**(raw["output"] or {}), "uri": _resolve(out, Path.cwd())}
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        for key in raw:
+            if key not in _SECTIONS and key != "name":
+                allowed = ", ".join(["name", *_SECTIONS])
+                raise ConfigError(key, f"unknown section; a job spec takes: {allowed}")
+        for key in _REQUIRED_SECTIONS:
+            if key not in raw:
+                raise ConfigError(key, "required section is missing")
+        sections = {key: _build_section(c, raw.get(key) or {}, key) for key, c in _SECTIONS.items()}
+        name = _string(raw.get("name", "alray-job"), "name")
+        spec = cls(name=name, **sections)
+        return _check_across_sections(_resolve_paths(spec, base))
+
+    # -- views -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what ``job.json`` records)."""
+        out = dataclasses.asdict(self)
+        out["pool"]["uri"] = list(self.pool.uri)
+        out["pool"]["carry"] = list(self.pool.carry)
+        return out
+
+    def digest(self, keys: tuple[str, ...] | None = None) -> str:
+        """sha256 of the spec (or of the listed dotted keys) as canonical JSON."""
+        data = self.to_dict()
+        if keys is not None:
+            data = {k: _get_dotted(data, k) for k in keys}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def replace(self, **changes) -> "JobSpec":
+        return dataclasses.replace(self, **changes)
+
+
+def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
+    pool = dataclasses.replace(spec.pool, uri=tuple(_resolve(u, base) for u in spec.pool.uri))
+    model = spec.model
+    if model.path is not None and model.kind != "python":
+        model = dataclasses.replace(model, path=_resolve(model.path, base))
+    output = dataclasses.replace(spec.output, uri=_resolve(spec.output.uri, base))
+    return dataclasses.replace(spec, pool=pool, model=model, output=output)
+
+
+def _check_across_sections(spec: JobSpec) -> JobSpec:
+    """Rules that involve more than one key."""
+    if not spec.pool.uri:
+        raise ConfigError("pool.uri", "required key is missing")
+    if spec.selection.candidates is not None and spec.selection.candidates < spec.selection.k:
+        raise ConfigError(
+            "selection.candidates",
+            f"got {spec.selection.candidates}; must be >= selection.k ({spec.selection.k})",
+        )
+    kind = spec.model.kind
+    if kind == "precomputed":
+        if spec.model.column is None:
+            raise ConfigError("model.column", "required when model.kind is precomputed; "
+                                              "name the column that holds the model's output")
+    else:
+        if spec.model.path is None:
+            raise ConfigError("model.path", f"required when model.kind is {kind}")
+        if spec.pool.feature_column is None:
+            raise ConfigError("pool.feature_column",
+                              f"required when model.kind is {kind}; name the embedding column")
+    if kind == "python" and ":" not in spec.model.path:
+        raise ConfigError("model.path", f"got {spec.model.path!r}; a python model is named "
+                                        "'package.module:factory'")
+    return spec
+
+
+# ----------------------------------------------------------------------------------- overrides
+
+
+def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each dotted key set (``{"scoring.strategy": "margin"}``)."""
+    result = json.loads(json.dumps(raw, default=str)) if raw else {}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if not all(parts):
+            raise ConfigError(dotted, "not a dotted spec key such as scoring.strategy")
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """Parse one ``--set KEY=VALUE``; the value is a YAML scalar or flow list."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError("--set", f"got {text!r}; expected KEY=VALUE, e.g. scoring.strategy=margin")
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}", f"cannot parse the value {value!r} as YAML") from None
+    return key.strip(), parsed

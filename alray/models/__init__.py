@@ -1,0 +1,177 @@
+"""Models: turn a ``[B, D]`` feature batch into ``[B, C]`` logits or probabilities.
+
+A registry maps ``model.kind`` to a loader. Every loader returns a :class:`LoadedModel`, which runs
+under ``torch.inference_mode()`` on the device it was loaded for. Weights never load through
+pickle: safetensors, ``np.load(allow_pickle=False)`` or TorchScript archives only.
+
+==============  ===============================================================================
+kind            what ``model.path`` names
+==============  ===============================================================================
+linear          tensors ``weight [C, D]`` and ``bias [C]`` in a ``.safetensors`` or ``.npz`` file
+torchscript     a TorchScript ``.pt`` archive
+python          ``package.module:factory``, a callable returning a ``torch.nn.Module``
+precomputed     nothing: the pool's ``model.column`` already holds the model's output
+==============  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import fsspec
+import numpy as np
+import torch
+
+from alray.config import ModelSpec
+from alray.errors import ConfigError, ModelError
+
+__all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "check_model_source", "as_two_classes"]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run.
+
+    Attributes:
+        module: the torch module, or None for precomputed outputs.
+        output: ``"logits"`` or ``"probs"``.
+        input_width: D where the model fixes it, else None.
+        device: where the module lives.
+    """
+
+    module: torch.nn.Module | None
+    output: str
+    input_width: int | None
+    device: torch.device
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` -> ``[B, C]`` (a model returning ``(out, embedding)`` keeps ``out``)."""
+        if self.module is None:
+            return features
+        with torch.inference_mode():
+            out = self.module(features)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"model: returned {shape}; a model must return a [B, C] tensor")
+        return out
+
+
+def as_two_classes(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """A single-column binary head ``[B, 1]`` -> ``[B, 2]``; wider outputs pass through.
+
+    Logits ``z`` become ``[0, z]`` (the softmax of which is ``[1 - sigmoid(z), sigmoid(z)]``);
+    probabilities ``p`` become ``[1 - p, p]``.
+    """
+    if output.shape[1] != 1:
+        return output
+    if kind == "logits":
+        return torch.cat([torch.zeros_like(output), output], dim=1)
+    return torch.cat([1.0 - output, output], dim=1)
+
+
+# ----------------------------------------------------------------------------------- loaders
+
+
+def _read_bytes(uri: str, storage_options: dict) -> bytes:
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ModelError(f"model.path: no file at {uri!r}") from None
+
+
+def _linear_tensors(uri: str, blob: bytes) -> dict[str, np.ndarray]:
+    if uri.endswith(".safetensors"):
+        from safetensors.numpy import load
+
+        try:
+            return load(blob)
+        except Exception as exc:
+            raise ModelError(f"model.path: {uri!r} is not a readable safetensors file ({exc})")
+    if uri.endswith(".npz"):
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except Exception as exc:
+            raise ModelError(f"model.path: {uri!r} is not a readable .npz file ({exc})") from None
+    raise ModelError(f"model.path: {uri!r}: a linear head is a .safetensors or .npz file")
+
+
+def _load_linear(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+    tensors = _linear_tensors(spec.path, _read_bytes(spec.path, storage_options))
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise ModelError(f"model.path: {spec.path!r} holds {found}; a linear head needs "
+                         "'weight' [C, D] and 'bias' [C]")
+    classes, width = weight.shape
+    if classes < 1:
+        raise ModelError(f"model.path: {spec.path!r} has {classes} classes; need at least 2 "
+                         "(or 1 logit for a binary head)")
+    layer = torch.nn.Linear(width, classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
+        layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
+    return LoadedModel(layer.to(device).eval(), spec.output, width, device)
+
+
+def _load_torchscript(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+    blob = _read_bytes(spec.path, storage_options)
+    try:
+        module = torch.jit.load(io.BytesIO(blob), map_location=device)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model.path: {spec.path!r} is not a TorchScript archive ({message})")
+    return LoadedModel(module.eval(), spec.output, None, device)
+
+
+def _load_python(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+    module_name, _, attr = spec.path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"model.path: cannot import {spec.path!r} ({exc}); the module must be "
+                         "importable on every Ray worker") from None
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"model.path: {spec.path!r} returned {type(module).__name__}, "
+                         "not a torch.nn.Module")
+    return LoadedModel(module.to(device).eval(), spec.output, None, device)
+
+
+def _load_precomputed(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+    return LoadedModel(None, spec.output, None, device)
+
+
+Loader = Callable[[ModelSpec, torch.device, dict], LoadedModel]
+MODEL_LOADERS: dict[str, Loader] = {
+    "linear": _load_linear,
+    "torchscript": _load_torchscript,
+    "python": _load_python,
+    "precomputed": _load_precomputed,
+}
+
+
+def load_model(spec: ModelSpec, device: torch.device | str = "cpu",
+               storage_options: dict | None = None) -> LoadedModel:
+    """Load the model ``spec`` names onto ``device``.
+
+    Raises:
+        ModelError: the file is missing or malformed, or the head has no classes.
+    """
+    return MODEL_LOADERS[spec.kind](spec, torch.device(device), storage_options or {})
+
+
+def check_model_source(spec: ModelSpec, storage_options: dict | None = None) -> None:
+    """Driver-side check that the model file exists, before any work starts."""
+    if spec.kind in ("python", "precomputed"):
+        return
+    fs, path = fsspec.core.url_to_fs(spec.path, **(storage_options or {}))
+    if not fs.isfile(path):
+        raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
+                                        f"{spec.kind} model's weights")

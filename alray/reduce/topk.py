@@ -1,0 +1,85 @@
+"""Exact top-k by (score descending, id ascending), per shard and across shards.
+
+The global order is defined over stored float32 scores: sort every scored row by score descending,
+then id ascending, and take the first k. Each shard keeps its own top M >= k; because an id kept
+in the global top k has fewer than k distinct ids above it, it is always among its shard's top M,
+so merging the shards' candidates gives the same rows as a full sort.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["TopKReducer", "first_occurrences", "top_k_rows", "RANK_ORDER"]
+
+RANK_ORDER = [("score", "descending"), ("id", "ascending")]
+
+
+def top_k_rows(table: pa.Table, k: int, order=RANK_ORDER) -> pa.Table:
+    """The ``k`` best rows of ``table`` (needs ``score`` and ``id``), in rank order.
+
+    A partition finds the k-th score first, so only rows at or above it are sorted.
+    """
+    if table.num_rows > k:
+        scores = table.column("score").to_numpy()
+        kth = np.partition(scores, table.num_rows - k)[table.num_rows - k]
+        table = table.filter(pa.array(scores >= kth))
+    return table.take(pc.sort_indices(table, sort_keys=order)[:k])
+
+
+def first_occurrences(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``[n]`` bool mask, True at the first occurrence of each id (null ids count as distinct)."""
+    n = len(ids)
+    if n == 0 or pc.count_distinct(ids, mode="all").as_py() == n:
+        return np.ones(n, dtype=bool)
+    index = pa.table({"id": ids, "i": pa.array(np.arange(n, dtype=np.int64))})
+    firsts = index.group_by("id", use_threads=False).aggregate([("i", "min")]).column("i_min")
+    keep = np.zeros(n, dtype=bool)
+    keep[firsts.to_numpy()] = True
+    return keep
+
+
+class TopKReducer:
+    """Streams candidate tables into the global top ``k``, in memory bounded by ``k``.
+
+    An id that arrives from two shards keeps its higher-scoring copy (ties: the lower shard id);
+    each copy dropped while it was still in contention is reported by :meth:`duplicates`. Tables
+    need ``id``, ``score`` and ``shard`` columns and one schema.
+
+    ``update`` adds one shard's candidates, ``merge`` another reducer's state, ``result`` gives the
+    rows in rank order.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self._table: pa.Table | None = None
+        self._duplicates: list[pa.Table] = []
+
+    def update(self, candidates: pa.Table) -> None:
+        if candidates.num_rows == 0:
+            return
+        merged = candidates if self._table is None else pa.concat_tables(
+            [self._table, candidates], promote_options="permissive")
+        merged = merged.take(pc.sort_indices(merged, sort_keys=RANK_ORDER + [("shard", "ascending")]))
+        keep = first_occurrences(merged.column("id"))
+        if not keep.all():
+            dropped, merged = merged.filter(pa.array(~keep)), merged.filter(pa.array(keep))
+            winners = merged.select(["id", "shard"]).rename_columns(["id", "kept_in"])
+            self._duplicates.append(dropped.join(winners, "id", use_threads=False))
+        self._table = merged.slice(0, self.k)
+
+    def merge(self, other: "TopKReducer") -> None:
+        if other._table is not None:
+            self.update(other._table)
+        self._duplicates.extend(other._duplicates)
+
+    def result(self) -> pa.Table | None:
+        """The selected rows in rank order (None when nothing was added)."""
+        return self._table
+
+    def duplicates(self) -> pa.Table | None:
+        """Copies of ids dropped because another shard's copy ranked higher; ``kept_in`` names
+        the shard whose copy won."""
+        return pa.concat_tables(self._duplicates) if self._duplicates else None

@@ -1,0 +1,48 @@
+"""The scoring actor: holds the model, scores the shards the driver hands it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ray
+import torch
+
+from alray.config import JobSpec
+from alray.errors import AlrayError
+from alray.models import load_model
+from alray.runtime.scan import ShardOutcome, scan_shard
+from alray.sources.plan import ShardSpec
+
+__all__ = ["ScoringActor"]
+
+
+@ray.remote
+class ScoringActor:
+    """Loads the model once, on ``cuda`` when Ray gave this actor a GPU, else on the CPU.
+
+    A load failure is kept and reported by :meth:`ready`, so the driver can name the cause instead
+    of a dead actor.
+    """
+
+    def __init__(self, spec: JobSpec, import_paths: list[str]):
+        for path in reversed(import_paths):  # so `python` models import as on the driver
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        self.spec = spec
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
+                                   else "cpu")
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.model = None
+        self.load_error: str | None = None
+        try:
+            self.model = load_model(spec.model, self.device)
+        except AlrayError as exc:
+            self.load_error = str(exc)
+
+    def ready(self) -> dict:
+        """``{"device": ..., "error": message or None}``."""
+        return {"device": str(self.device), "error": self.load_error, "pid": os.getpid()}
+
+    def score(self, shard: ShardSpec) -> ShardOutcome:
+        return scan_shard(shard, self.spec, self.model)

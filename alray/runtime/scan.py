@@ -1,0 +1,248 @@
+"""Scoring one shard: read, check, run the model, score, drop repeated ids, commit, keep top M.
+
+Plain functions over a :class:`~alray.models.LoadedModel`; the Ray actor only calls
+:func:`scan_shard`, so all of this is testable without Ray.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from alray.config import JobSpec
+from alray.errors import ShardError
+from alray.models import LoadedModel, as_two_classes
+from alray.reduce import first_occurrences, top_k_rows
+from alray.scoring import invalid_rows, log_probs_from_logits, log_probs_from_probs, score_all
+from alray.scoring.validity import PROB_SUM_TOLERANCE
+from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.sources.parquet import RowBatch, ShardColumns, read_shard
+from alray.sources.plan import ShardSpec
+from alray.sources.prefetch import prefetch
+
+__all__ = ["ShardOutcome", "scan_shard", "shard_columns", "scores_uri", "SCORE_COLUMNS"]
+
+SCORE_COLUMNS = ("least_confidence", "margin", "ratio", "entropy")
+
+
+@dataclass
+class ShardOutcome:
+    """What scoring one shard produced, sent back to the driver.
+
+    Attributes:
+        status: ``done``, ``quarantined`` (skip: the whole shard is bad) or ``failed`` (fail: the
+            first bad shard or row stops the job).
+        errors: ``errors.jsonl`` records for the shard or its bad rows.
+        candidates: the shard's top M rows (``id``, ``score``, ``shard``, ``uri``, ``predicted``,
+            ``row``, carried columns), in rank order; None unless done.
+    """
+
+    shard_id: str
+    uri: str
+    status: str
+    rows_in: int = 0
+    rows_scored: int = 0
+    rows_quarantined: int = 0
+    errors: list[dict] = field(default_factory=list)
+    candidates: pa.Table | None = None
+    seconds: float = 0.0
+
+
+def shard_columns(spec: JobSpec, model: LoadedModel) -> ShardColumns:
+    if spec.model.kind == "precomputed":
+        return ShardColumns(spec.pool.id_column, spec.model.column, spec.pool.carry,
+                            value_key="model.column")
+    return ShardColumns(spec.pool.id_column, spec.pool.feature_column, spec.pool.carry,
+                        width=model.input_width)
+
+
+def scores_uri(output_uri: str, shard_id: str) -> str:
+    return join_uri(output_uri, "scores", f"{shard_id}.parquet")
+
+
+def error_record(shard: ShardSpec, kind: str, message: str, row: int | None = None,
+                 row_id=None) -> dict:
+    """One ``errors.jsonl`` record."""
+    return {"shard": shard.shard_id, "uri": shard.uri, "row": row, "id": row_id, "kind": kind,
+            "message": message}
+
+
+# ----------------------------------------------------------------------------------- per batch
+
+
+class _RowRejects:
+    """Collects bad rows: raises on the first under ``fail``, records each under ``skip``."""
+
+    def __init__(self, shard: ShardSpec, fail_fast: bool):
+        self.shard = shard
+        self.fail_fast = fail_fast
+        self.records: list[dict] = []
+
+    def add(self, kind: str, message: str, rows: np.ndarray, ids: pa.Array,
+            positions: np.ndarray) -> None:
+        """Reject ``rows`` (file row indices) whose ids sit at ``positions`` of ``ids``."""
+        if len(rows) == 0:
+            return
+        if self.fail_fast:
+            raise ShardError(kind, message, row=int(rows[0]), row_id=ids[int(positions[0])].as_py())
+        for row, pos in zip(rows.tolist(), positions.tolist()):
+            self.records.append(error_record(self.shard, kind, message, row, ids[pos].as_py()))
+
+
+def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A ``[n, D]`` matrix as a float32 tensor on ``device``, sharing memory where it can."""
+    with warnings.catch_warnings():
+        # Arrow's buffers are read-only; alray never writes into this tensor.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(values)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, dtype=torch.float32, non_blocking=True)
+    return t.to(dtype=torch.float32)
+
+
+def _model_output(model: LoadedModel, x: torch.Tensor, shard: ShardSpec) -> torch.Tensor:
+    if model.module is None:
+        return x
+    try:
+        return model(x)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShardError("schema", f"the model cannot take this shard's features: {first_line}")
+
+
+def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str,
+                 rejects: _RowRejects) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Score one batch; returns the positions of good rows and their score columns."""
+    x = _tensor(batch.values, model.device)
+    checks = list(batch.bad)
+    finite = torch.isfinite(x).all(dim=1)
+    bad_features = (~finite).cpu().numpy()
+    checks.append(("non_finite", f"NaN or Inf in column {value_name!r}", bad_features))
+    if bad_features.any():
+        x = torch.where(finite[:, None], x, torch.zeros_like(x))
+    out = as_two_classes(_model_output(model, x, rejects.shard), model.output)
+    non_finite, bad_probs = invalid_rows(out, model.output)
+    checks.append(("non_finite", "the model's output holds NaN or Inf", non_finite.cpu().numpy()))
+    checks.append(("bad_probabilities", "probabilities are negative or do not sum to 1 within "
+                                        f"{PROB_SUM_TOLERANCE:g}", bad_probs.cpu().numpy()))
+    rejected = np.zeros(len(batch), dtype=bool)
+    for kind, message, mask in checks:
+        new = mask & ~rejected
+        if new.any():
+            positions = np.flatnonzero(new)
+            rejects.add(kind, message, batch.first_row + positions, batch.ids, positions)
+            rejected |= new
+    bad_out = torch.from_numpy(rejected).to(out.device)
+    if rejected.any():
+        filler = 0.0 if model.output == "logits" else 1.0 / out.shape[1]
+        out = torch.where(bad_out[:, None], torch.full_like(out, filler), out)
+    log_probs = (log_probs_from_logits(out) if model.output == "logits"
+                 else log_probs_from_probs(out))
+    scores = {name: t.cpu().numpy() for name, t in score_all(log_probs).items()}
+    good = np.flatnonzero(~rejected)
+    return good, {name: col[good] for name, col in scores.items()}
+
+
+# ----------------------------------------------------------------------------------- per shard
+
+
+class _ShardRows:
+    """The good rows of a shard, accumulated batch by batch (bounded by the shard's size)."""
+
+    def __init__(self):
+        self.ids: list[pa.Array] = []
+        self.rows: list[np.ndarray] = []
+        self.scores: list[dict[str, np.ndarray]] = []
+        self.carry: list[pa.Table] = []
+
+    def add(self, batch: RowBatch, good: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+        all_good = len(good) == len(batch)
+        take = None if all_good else pa.array(good)
+        self.ids.append(batch.ids if all_good else batch.ids.take(take))
+        self.rows.append(batch.first_row + good)
+        self.scores.append(scores)
+        if batch.carry is not None:
+            self.carry.append(batch.carry if all_good else batch.carry.take(take))
+
+    def table(self, strategy: str, id_type: pa.DataType) -> pa.Table:
+        ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], type=id_type)
+        columns = {"id": ids, "row": np.concatenate(self.rows) if self.rows else np.zeros(0, "i8")}
+        for name in (*SCORE_COLUMNS, "predicted", "confidence"):
+            parts = [s[name] for s in self.scores]
+            dtype = np.int32 if name == "predicted" else np.float32
+            columns[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        columns["score"] = columns[strategy]
+        table = pa.table(columns)
+        for carried in self.carry[:1]:
+            merged = pa.concat_tables(self.carry)
+            for name in carried.column_names:
+                table = table.append_column(name, merged.column(name))
+        return table
+
+
+def _drop_repeated_ids(table: pa.Table, rejects: _RowRejects) -> pa.Table:
+    keep = first_occurrences(table.column("id"))
+    if keep.all():
+        return table
+    repeated = np.flatnonzero(~keep)
+    rows = table.column("row").to_numpy()[repeated]
+    ids = table.column("id").combine_chunks()
+    rejects.add("duplicate_id", "id repeated within the shard; its first copy is kept",
+                rows, ids, repeated)
+    return table.filter(pa.array(keep))
+
+
+_SCORES_FILE_COLUMNS = ["id", "score", *SCORE_COLUMNS, "predicted", "confidence"]
+
+
+def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowRejects,
+            id_type: pa.DataType) -> pa.Table:
+    table = _drop_repeated_ids(rows.table(spec.scoring.strategy, id_type), rejects)
+    atomic_write(scores_uri(spec.output.uri, shard.shard_id),
+                 parquet_bytes(table.select(_SCORES_FILE_COLUMNS)))
+    candidates = top_k_rows(table, spec.selection.per_shard)
+    keep = ["id", "score", "predicted", "row", *spec.pool.carry]
+    candidates = candidates.select(keep)
+    n = candidates.num_rows
+    candidates = candidates.append_column("shard", pa.array([shard.shard_id] * n, pa.string()))
+    return candidates.append_column("uri", pa.array([shard.uri] * n, pa.string()))
+
+
+def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutcome:
+    """Score every row of ``shard``, commit its scores file, and return its top-M candidates.
+
+    Under ``resources.on_error: fail`` the first bad row fails the shard and nothing is written;
+    under ``skip`` bad rows are recorded and the rest is scored. A shard-level problem yields a
+    ``quarantined`` (skip) or ``failed`` (fail) outcome holding one error record.
+    """
+    started = time.perf_counter()
+    fail_fast = spec.resources.on_error == "fail"
+    rejects = _RowRejects(shard, fail_fast)
+    rows = _ShardRows()
+    columns = shard_columns(spec, model)
+    rows_in, id_type = 0, pa.int64()
+    try:
+        batches = read_shard(shard, columns, spec.scoring.batch_size)
+        for batch in prefetch(batches, depth=2):
+            rows_in += len(batch)
+            id_type = batch.ids.type
+            good, scores = _score_batch(batch, model, columns.value_column, rejects)
+            rows.add(batch, good, scores)
+        candidates = _finish(shard, spec, rows, rejects, id_type)
+    except ShardError as exc:
+        status = "failed" if fail_fast else "quarantined"
+        rows_in = max(rows_in, shard.num_rows or 0)
+        record = error_record(shard, exc.kind, str(exc), exc.row, exc.row_id)
+        return ShardOutcome(shard.shard_id, shard.uri, status, rows_in=rows_in,
+                            rows_quarantined=rows_in, errors=[record],
+                            seconds=time.perf_counter() - started)
+    quarantined = len(rejects.records)
+    return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=rows_in,
+                        rows_scored=rows_in - quarantined, rows_quarantined=quarantined,
+                        errors=rejects.records, candidates=candidates,
+                        seconds=time.perf_counter() - started)

@@ -1,0 +1,135 @@
+"""Classic uncertainty scores from one model's class distribution.
+
+Shape contract: every function takes ``log_probs`` of shape ``[B, C]`` (natural-log class
+probabilities, ``C >= 2``, rows finite except ``-inf`` for a class of probability 0) and returns a
+``[B]`` tensor in [0, 1] where higher means more uncertain. The caller states whether the model gave
+logits or probabilities by choosing :func:`log_probs_from_logits` or :func:`log_probs_from_probs`;
+nothing here guesses.
+
+Working in log space keeps the scores accurate for confident rows: ``1 - p1`` is computed as
+``-expm1(log p1)``, so a row with ``p1 = 1 - 1e-9`` scores ``1e-9``, not 0.
+
+Definitions (Settles, "Active Learning Literature Survey", 2009, section 3.1), normalized to [0, 1]:
+
+=================  ===============================
+least_confidence   (1 - p1) * C / (C - 1)
+margin             1 - (p1 - p2)
+ratio              p2 / p1
+entropy            -sum_i p_i ln p_i / ln C
+=================  ===============================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = [
+    "SCORES",
+    "ScoreInfo",
+    "entropy",
+    "least_confidence",
+    "log_probs_from_logits",
+    "log_probs_from_probs",
+    "margin",
+    "ratio",
+    "score_all",
+]
+
+
+def log_probs_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, C]`` logits -> ``[B, C]`` log-probabilities, via a stable log-softmax (float32+)."""
+    return torch.log_softmax(_at_least_float32(logits), dim=-1)
+
+
+def log_probs_from_probs(probs: torch.Tensor) -> torch.Tensor:
+    """``[B, C]`` probabilities (rows summing to 1) -> log-probabilities; 0 maps to ``-inf``."""
+    return torch.log(_at_least_float32(probs))
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _top2(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top = torch.topk(log_probs, 2, dim=-1).values
+    return top[:, 0], top[:, 1]
+
+
+def _one_minus_p1(log_p1: torch.Tensor) -> torch.Tensor:
+    return -torch.expm1(log_p1)
+
+
+def least_confidence(log_probs: torch.Tensor) -> torch.Tensor:
+    """``(1 - p1) * C / (C - 1)``: 0 when certain, 1 when uniform. ``[B, C] -> [B]``."""
+    n = log_probs.shape[-1]
+    log_p1 = log_probs.max(dim=-1).values
+    return (_one_minus_p1(log_p1) * (n / (n - 1))).clamp_(0.0, 1.0)
+
+
+def margin(log_probs: torch.Tensor) -> torch.Tensor:
+    """``1 - (p1 - p2)``: 1 when the top two classes tie. ``[B, C] -> [B]``."""
+    log_p1, log_p2 = _top2(log_probs)
+    return (_one_minus_p1(log_p1) + torch.exp(log_p2)).clamp_(0.0, 1.0)
+
+
+def ratio(log_probs: torch.Tensor) -> torch.Tensor:
+    """``p2 / p1``: 1 when the top two classes tie. ``[B, C] -> [B]``."""
+    log_p1, log_p2 = _top2(log_probs)
+    return torch.exp(log_p2 - log_p1).clamp_(0.0, 1.0)
+
+
+def entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy over ``ln C``: 1 when uniform. ``[B, C] -> [B]``."""
+    n = log_probs.shape[-1]
+    probs = torch.exp(log_probs)
+    terms = torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs))
+    return (-terms.sum(dim=-1) / math.log(n)).clamp_(0.0, 1.0)
+
+
+def score_all(log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every classic score, the prediction and its confidence, from one top-2 and one exp.
+
+    Args:
+        log_probs: ``[B, C]`` log-probabilities, ``C >= 2``.
+
+    Returns:
+        ``least_confidence``, ``margin``, ``ratio``, ``entropy`` (``[B]`` float32 in [0, 1]),
+        ``predicted`` (``[B]`` int32 argmax) and ``confidence`` (``[B]`` float32 p1).
+    """
+    n = log_probs.shape[-1]
+    top = torch.topk(log_probs, 2, dim=-1)
+    log_p1, log_p2 = top.values[:, 0], top.values[:, 1]
+    one_minus_p1 = _one_minus_p1(log_p1)
+    probs = torch.exp(log_probs)
+    terms = torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs))
+    scores = {
+        "least_confidence": one_minus_p1 * (n / (n - 1)),
+        "margin": one_minus_p1 + torch.exp(log_p2),
+        "ratio": torch.exp(log_p2 - log_p1),
+        "entropy": -terms.sum(dim=-1) / math.log(n),
+    }
+    out = {name: s.clamp_(0.0, 1.0).float() for name, s in scores.items()}
+    out["predicted"] = top.indices[:, 0].int()
+    out["confidence"] = torch.exp(log_p1).float()
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    """A registered score: its function and what it needs from the model."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    description: str
+    needs_samples: bool = False  # [B, C, K] scores (MC dropout, committees) set this
+
+
+SCORES: dict[str, ScoreInfo] = {
+    "least_confidence": ScoreInfo(least_confidence, "1 - p1, scaled to [0, 1]"),
+    "margin": ScoreInfo(margin, "1 - (p1 - p2)"),
+    "ratio": ScoreInfo(ratio, "p2 / p1"),
+    "entropy": ScoreInfo(entropy, "normalized Shannon entropy"),
+}

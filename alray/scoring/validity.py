@@ -1,0 +1,30 @@
+"""Which rows of a model's output may be scored (DESIGN.md, "Bad input", row level)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["invalid_rows", "PROB_SUM_TOLERANCE"]
+
+#: A probability row must sum to 1 within this.
+PROB_SUM_TOLERANCE = 1e-3
+
+
+def invalid_rows(output: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flag rows that must not be scored.
+
+    Args:
+        output: ``[B, C]`` model output.
+        kind: ``"logits"`` or ``"probs"``: what the model says it returns.
+
+    Returns:
+        Two ``[B]`` bool tensors: non-finite rows, and (for probs) rows with a negative entry or a
+        sum off 1 by more than :data:`PROB_SUM_TOLERANCE`.
+    """
+    non_finite = ~torch.isfinite(output).all(dim=-1)
+    if kind == "logits":
+        return non_finite, torch.zeros_like(non_finite)
+    finite = torch.where(non_finite[:, None], torch.zeros_like(output), output)
+    off_sum = (finite.sum(dim=-1) - 1.0).abs() > PROB_SUM_TOLERANCE
+    negative = (finite < 0).any(dim=-1)
+    return non_finite, (off_sum | negative) & ~non_finite

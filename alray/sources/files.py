@@ -1,0 +1,78 @@
+"""Opening pool files and writing outputs through fsspec, with a native fast path for local disk.
+
+Nothing here holds a filesystem across processes: each call resolves its URI anew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import uuid
+from typing import Iterator
+
+import fsspec
+import pyarrow.parquet as pq
+
+__all__ = ["open_parquet", "atomic_write", "is_local", "local_path", "join_uri"]
+
+# Remote reads: a large block with read-ahead, so parquet column chunks arrive in few requests.
+_REMOTE_BLOCK_SIZE = 8 * 2**20
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+@contextlib.contextmanager
+def open_parquet(uri: str, storage_options: dict | None = None) -> Iterator[pq.ParquetFile]:
+    """Open a parquet file for streaming reads.
+
+    Local files go to Arrow's own reader (no Python in the I/O path); other URLs go through an
+    fsspec file with read-ahead caching.
+    """
+    if is_local(uri):
+        pf = pq.ParquetFile(local_path(uri), memory_map=False)
+        try:
+            yield pf
+        finally:
+            pf.close()
+        return
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    with fs.open(path, "rb", block_size=_REMOTE_BLOCK_SIZE, cache_type="readahead") as f:
+        yield pq.ParquetFile(f)
+
+
+def atomic_write(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` so that readers see the whole object or none of it.
+
+    Local files are written to a temporary name beside the target and renamed over it. Object
+    stores publish an object only when its upload completes, so one ``pipe`` is atomic there.
+    """
+    if is_local(uri):
+        path = local_path(uri)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs.pipe_file(path, data)
+
+
+def parquet_bytes(table, compression: str = "zstd") -> bytes:
+    """Serialize an Arrow table to parquet in memory (outputs are small: scores, selections)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=compression)
+    return sink.getvalue()

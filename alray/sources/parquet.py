@@ -1,0 +1,216 @@
+"""Streaming one parquet shard as record batches of ids, a float matrix and carried columns.
+
+The float column (an embedding, or a precomputed model output) becomes a ``[n, D]`` NumPy view of
+Arrow's buffer without a Python loop over rows, and without a copy where the column has no nulls.
+Row-level problems are reported as masks, shard-level ones raise :class:`ShardError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alray.errors import ShardError
+from alray.sources.files import open_parquet
+from alray.sources.plan import ShardSpec
+
+__all__ = ["RowBatch", "ShardColumns", "read_shard"]
+
+
+@dataclass(frozen=True)
+class ShardColumns:
+    """What to read from each shard.
+
+    Attributes:
+        id_column: int or string ids.
+        value_column: the list-of-float column fed to the model (or holding its output).
+        value_key: the spec key that named ``value_column``, for error messages.
+        carry: extra columns kept for candidates.
+        width: the required list length, where the model fixes it (None: the shard's first row).
+    """
+
+    id_column: str
+    value_column: str
+    carry: tuple[str, ...] = ()
+    width: int | None = None
+    value_key: str = "pool.feature_column"
+
+
+@dataclass
+class RowBatch:
+    """A batch of ``n`` rows of one shard.
+
+    Attributes:
+        first_row: index in the file of this batch's first row.
+        ids: ``[n]`` int64 or string Arrow array.
+        values: ``[n, D]`` float16/32/64 matrix; rows flagged in ``bad`` hold arbitrary values.
+        bad: ``(kind, message, [n] bool mask)`` for each check that flags rows not to score.
+        carry: the carried columns, ``n`` rows, or None.
+    """
+
+    first_row: int
+    ids: pa.Array
+    values: np.ndarray
+    bad: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
+    carry: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# ----------------------------------------------------------------------------------- schema
+
+
+def _field(schema: pa.Schema, name: str, key: str) -> pa.Field:
+    index = schema.get_field_index(name)
+    if index < 0:
+        present = ", ".join(schema.names)
+        raise ShardError("missing_column", f"no column {name!r} (from {key}); the file has: "
+                                           f"{present}")
+    return schema.field(index)
+
+
+def _check_id_type(f: pa.Field) -> None:
+    t = f.type
+    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise ShardError("bad_type", f"id column {f.name!r} is {t}; ids must be integers or strings")
+
+
+def _check_value_type(f: pa.Field, width: int | None) -> None:
+    t = f.type
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    if not is_list or not pa.types.is_floating(t.value_type):
+        raise ShardError("bad_type", f"column {f.name!r} is {t}; expected a fixed_size_list or "
+                                     "list of float16, float32 or float64")
+    if pa.types.is_fixed_size_list(t) and width is not None and t.list_size != width:
+        raise ShardError("wrong_length", f"column {f.name!r} holds vectors of {t.list_size} "
+                                         f"values; the model takes {width}")
+
+
+def check_schema(schema: pa.Schema, columns: ShardColumns) -> None:
+    """Raise :class:`ShardError` unless the shard has the columns the job needs, well typed."""
+    _check_id_type(_field(schema, columns.id_column, "pool.id_column"))
+    _check_value_type(_field(schema, columns.value_column, columns.value_key), columns.width)
+    for name in columns.carry:
+        _field(schema, name, "pool.carry")
+
+
+# ----------------------------------------------------------------------------------- decoding
+
+
+def _fixed_size_matrix(arr: pa.FixedSizeListArray) -> tuple[np.ndarray, np.ndarray]:
+    width = arr.type.list_size
+    values = arr.values.slice(arr.offset * width, len(arr) * width)
+    null_values = values.null_count > 0
+    matrix = values.to_numpy(zero_copy_only=False).reshape(len(arr), width)
+    null_rows = arr.is_null().to_numpy(zero_copy_only=False)
+    if null_values:
+        null_rows |= values.is_null().to_numpy(zero_copy_only=False).reshape(len(arr), width).any(1)
+    return matrix, null_rows
+
+
+def _variable_list_matrix(arr: pa.Array, width: int | None) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray, int]:
+    lengths = pc.list_value_length(arr)
+    null_rows = lengths.is_null().to_numpy(zero_copy_only=False)
+    lengths_np = lengths.fill_null(-1).to_numpy()
+    if width is None:
+        valid = lengths_np[~null_rows]
+        width = int(valid[0]) if len(valid) else 0
+    wrong = (lengths_np != width) & ~null_rows
+    good = ~(wrong | null_rows)
+    if good.all():  # one contiguous run of values: a view, no copy
+        start = arr.offsets[0].as_py()
+        flat = arr.values.slice(start, len(arr) * width)
+    else:
+        flat = arr.filter(pa.array(good)).flatten()
+    values = flat.to_numpy(zero_copy_only=False).reshape(-1, width)
+    if flat.null_count > 0:
+        null_in_row = flat.is_null().to_numpy(zero_copy_only=False).reshape(-1, width).any(1)
+    if good.all():
+        matrix = values
+        if flat.null_count > 0:
+            null_rows = null_rows | null_in_row
+    else:
+        matrix = np.zeros((len(arr), width), dtype=values.dtype)
+        matrix[good] = values
+        if flat.null_count > 0:
+            null_rows = null_rows.copy()
+            null_rows[np.flatnonzero(good)[null_in_row]] = True
+    return matrix, null_rows, wrong, width
+
+
+def decode_values(arr: pa.Array, width: int | None) -> tuple[np.ndarray, dict[str, np.ndarray],
+                                                              int]:
+    """A list-of-float Arrow column -> (``[n, D]`` matrix, bad-row masks by kind, D)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_fixed_size_list(arr.type):
+        matrix, null_rows = _fixed_size_matrix(arr)
+        return matrix, {"null_value": null_rows}, arr.type.list_size
+    matrix, null_rows, wrong, width = _variable_list_matrix(arr, width)
+    return matrix, {"null_value": null_rows, "wrong_length": wrong}, width
+
+
+def _row_checks(columns: ShardColumns, width: int, null_ids: np.ndarray,
+                masks: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    name = columns.value_column
+    checks = [("null_value", f"null id in column {columns.id_column!r}", null_ids),
+              ("null_value", f"null vector or value in column {name!r}", masks["null_value"])]
+    if "wrong_length" in masks:
+        checks.append(("wrong_length", f"vector in column {name!r} does not hold {width} values",
+                       masks["wrong_length"]))
+    return checks
+
+
+def _ids(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_integer(arr.type) and arr.type != pa.int64():
+        arr = arr.cast(pa.int64())
+    elif pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    return arr, arr.is_null().to_numpy(zero_copy_only=False)
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
+               storage_options: dict | None = None) -> Iterator[RowBatch]:
+    """Stream ``shard`` in batches of at most ``batch_size`` rows.
+
+    Raises:
+        ShardError: the file is missing, unreadable, or lacks a well-typed column. Rows with null
+            ids, null or wrong-length vectors are flagged in ``RowBatch.bad``, not raised.
+    """
+    if shard.problem is not None:
+        raise ShardError(*shard.problem)
+    names = [columns.id_column, columns.value_column, *columns.carry]
+    width = columns.width
+    try:
+        with open_parquet(shard.uri, storage_options) as pf:
+            check_schema(pf.schema_arrow, columns)
+            first_row = shard.first_row
+            batches = pf.iter_batches(batch_size=batch_size, columns=names, use_threads=False,
+                                      row_groups=list(shard.row_groups) if shard.row_groups
+                                      else None)
+            for batch in batches:
+                ids, null_ids = _ids(batch.column(0))
+                matrix, masks, width = decode_values(batch.column(1), width)
+                bad = _row_checks(columns, width, null_ids, masks)
+                carry = (pa.Table.from_batches([batch.select(list(columns.carry))])
+                         if columns.carry else None)
+                yield RowBatch(first_row, ids, matrix, bad, carry)
+                first_row += batch.num_rows
+    except ShardError:
+        raise
+    except FileNotFoundError as exc:
+        raise ShardError("missing_object", f"the file is gone: {exc}") from None
+    except (OSError, pa.ArrowException) as exc:
+        message = str(exc).strip().replace("\n", " ")
+        raise ShardError("unreadable", f"cannot read the file: {message}") from None

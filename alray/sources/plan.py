@@ -1,0 +1,182 @@
+"""Planning: list the pool's files and cut them into shards, reading only listings and footers.
+
+A shard is the unit of work, retry and resume: a whole file, or a run of consecutive row groups of
+a file with more than ``pool.shard_rows`` rows. Plans are small frozen objects that travel to the
+actors; each actor opens the file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import fsspec
+
+from alray.errors import ConfigError
+from alray.sources.files import open_parquet
+
+__all__ = ["PoolFile", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
+
+_GLOB_CHARS = "*?["
+_FOOTER_THREADS = 16
+
+
+@dataclass(frozen=True)
+class PoolFile:
+    """One listed file: its full URI, size in bytes and modification time or ETag (as text)."""
+
+    uri: str
+    size: int | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One unit of work.
+
+    Attributes:
+        shard_id: ``<stem>-<sha1(uri)[:8]>`` plus ``-rg<first>-<last>`` for part of a file.
+        uri: the file's full URI (``file:///...``, ``s3://...``).
+        row_groups: the row groups to read, or None for the whole file.
+        first_row: index in the file of the shard's first row.
+        num_rows: rows the footer promises, or None where the footer could not be read.
+        size, version: the file's size and modification time or ETag when planned.
+        problem: ``(kind, message)`` when planning already found the shard bad.
+    """
+
+    shard_id: str
+    uri: str
+    row_groups: tuple[int, ...] | None
+    first_row: int
+    num_rows: int | None
+    size: int | None
+    version: str | None
+    problem: tuple[str, str] | None = None
+
+    @property
+    def where(self) -> str:
+        """How error messages name this shard."""
+        return f"shard {self.shard_id} ({self.uri})"
+
+
+def shard_id(uri: str, row_groups: tuple[int, int] | None = None) -> str:
+    """Stable, unique shard id: the file stem, 8 hex of sha1(uri), and the row-group range."""
+    stem = posixpath.basename(uri.rstrip("/")).split(".")[0] or "shard"
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:8]
+    suffix = f"-rg{row_groups[0]}-{row_groups[1]}" if row_groups else ""
+    return f"{stem}-{digest}{suffix}"
+
+
+# ----------------------------------------------------------------------------------- listing
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
+
+
+def _version(info: dict) -> str | None:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
+
+
+def _pool_file(fs, path: str, info: dict) -> PoolFile:
+    return PoolFile(uri=fs.unstrip_protocol(path), size=info.get("size"), version=_version(info))
+
+
+def _list_one(uri: str, suffix: str, storage_options: dict) -> list[PoolFile]:
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    if any(c in path for c in _GLOB_CHARS):
+        found = fs.glob(path, detail=True)
+        root = path.split("*")[0].rsplit("/", 1)[0]
+    elif fs.isdir(path):
+        found = fs.find(path, detail=True)
+        root = path
+    elif fs.exists(path):
+        return [_pool_file(fs, path, fs.info(path))]
+    else:
+        raise ConfigError("pool.uri", f"nothing at {uri!r}; give a folder, a glob or a file")
+    files = []
+    for file_path, info in sorted(found.items()):
+        relative = file_path[len(root):].lstrip("/")
+        if info.get("type") == "file" and file_path.endswith(suffix) and not _is_hidden(relative):
+            files.append(_pool_file(fs, file_path, info))
+    return files
+
+
+def list_pool_files(uris: Sequence[str], suffix: str = ".parquet",
+                    storage_options: dict | None = None) -> list[PoolFile]:
+    """Every pool file under ``uris`` (folders recursively, globs, single files), sorted, unique.
+
+    Raises:
+        ConfigError: a URI matches nothing, or no file with ``suffix`` is found at all.
+    """
+    seen: dict[str, PoolFile] = {}
+    for uri in uris:
+        for f in _list_one(uri, suffix, storage_options or {}):
+            seen.setdefault(f.uri, f)
+    if not seen:
+        raise ConfigError("pool.uri", f"no {suffix} files under {', '.join(uris)}; "
+                                      "check the path (names starting with _ or . are ignored)")
+    return sorted(seen.values(), key=lambda f: f.uri)
+
+
+# ----------------------------------------------------------------------------------- shards
+
+
+def _row_group_runs(rows_per_group: Sequence[int], shard_rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs ``(first, last)`` of row groups holding at most ``shard_rows`` rows each
+    (a single larger row group forms a run of its own)."""
+    first, total = 0, 0
+    for i, rows in enumerate(rows_per_group):
+        if i > first and total + rows > shard_rows:
+            yield first, i - 1
+            first, total = i, 0
+        total += rows
+    if rows_per_group:
+        yield first, len(rows_per_group) - 1
+
+
+def _shards_of(file: PoolFile, shard_rows: int, storage_options: dict) -> list[ShardSpec]:
+    whole = dict(uri=file.uri, size=file.size, version=file.version)
+    if file.size == 0:
+        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=0,
+                          problem=("unreadable", "zero-byte file; it is not parquet"), **whole)]
+    try:
+        with open_parquet(file.uri, storage_options) as pf:
+            meta = pf.metadata
+    except Exception as exc:  # any failure to read a footer makes this one shard bad
+        kind = "missing_object" if isinstance(exc, FileNotFoundError) else "unreadable"
+        problem = (kind, f"cannot read the parquet footer: {_one_line(exc)}")
+        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=None,
+                          problem=problem, **whole)]
+    rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if meta.num_rows <= shard_rows or len(rows) <= 1:
+        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0,
+                          num_rows=meta.num_rows, **whole)]
+    shards = []
+    for first, last in _row_group_runs(rows, shard_rows):
+        shards.append(ShardSpec(shard_id(file.uri, (first, last)),
+                                row_groups=tuple(range(first, last + 1)),
+                                first_row=sum(rows[:first]),
+                                num_rows=sum(rows[first:last + 1]), **whole))
+    return shards
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def plan_shards(files: Sequence[PoolFile], shard_rows: int,
+                storage_options: dict | None = None) -> list[ShardSpec]:
+    """Read every footer (in threads) and cut the files into shards, in file order."""
+    options = storage_options or {}
+    with ThreadPoolExecutor(max_workers=_FOOTER_THREADS) as pool:
+        per_file = pool.map(lambda f: _shards_of(f, shard_rows, options), files)
+        return [shard for shards in per_file for shard in shards]
+
