@@ -7,7 +7,6 @@ line on stderr (``alray: error: <where>: <what>; <what to do>``); ``--debug`` ad
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 
@@ -68,7 +67,6 @@ def _exit_status(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     handlers = {"run": _run, "demo": _demo}
     try:
         return handlers[args.command](args)

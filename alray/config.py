@@ -62,7 +62,7 @@ def _int_at_least(minimum: int) -> Checker:
 
 def _one_of(*allowed: Any) -> Checker:
     def check(value: Any, where: str) -> Any:
-        if isinstance(value, bool) or value not in allowed:
+        if isinstance(value, (bool, float)) or value not in allowed:
             choices = " | ".join(str(a) for a in allowed)
             raise ConfigError(where, f"got {_describe(value)}; expected one of {choices}")
         return value
@@ -190,7 +190,7 @@ def _build_section(cls: type, raw: Any, where: str):
         if name in raw and raw[name] is not None:
             values[name] = f.metadata["check"](raw[name], f"{where}.{name}")
         elif f.default is dataclasses.MISSING:
-            raise ConfigError(f"{where}.{name}", "required key is missing")
+            raise ConfigError(f"{where}.{name}", f"required key is missing; add it under {where}:")
     return cls(**values)
 
 
@@ -206,6 +206,21 @@ def _resolve(path: str, base_dir: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------- JobSpec
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,14 +241,19 @@ class JobSpec:
         """Read, override and validate a spec file; relative paths are relative to its folder."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read the job spec ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}); save the job spec "
+                                         "as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from None
+            message = " ".join(str(exc).split())
+            raise ConfigError(str(path), f"not valid YAML: {message}") from None
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise ConfigError(str(path), "the job spec must be a mapping of sections")
+            raise ConfigError(str(path), f"got {_describe(raw)}; the job spec must be a mapping "
+                                         "of sections (pool:, model:, selection:, output:)")
         raw.setdefault("name", path.stem)
         return cls.from_dict(raw, base_dir=path.parent, overrides=overrides, out=out)
 
@@ -248,10 +268,11 @@ class JobSpec:
             overrides: dotted keys to set first, as ``--set`` does.
             out: replaces ``output.uri`` (relative to the current directory), as ``--out`` does.
         """
+        if not isinstance(raw, Mapping):
+            raise ConfigError("spec", f"got {_describe(raw)}; a job spec is a mapping of sections")
         raw = apply_overrides(raw, overrides or {})
         if out is not None:
-            raw.setdefault("output", {})
-            raw["output"] = {**(raw["output"] or {}), "uri": _resolve(out, Path.cwd())}
+            raw = apply_overrides(raw, {"output.uri": _resolve(out, Path.cwd())})
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         for key in raw:
             if key not in _SECTIONS and key != "name":
@@ -259,7 +280,7 @@ class JobSpec:
                 raise ConfigError(key, f"unknown section; a job spec takes: {allowed}")
         for key in _REQUIRED_SECTIONS:
             if key not in raw:
-                raise ConfigError(key, "required section is missing")
+                raise ConfigError(key, "required section is missing; see DESIGN.md's job spec")
         sections = {key: _build_section(c, raw.get(key) or {}, key) for key, c in _SECTIONS.items()}
         name = _string(raw.get("name", "alray-job"), "name")
         spec = cls(name=name, **sections)
@@ -298,7 +319,7 @@ def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
 def _check_across_sections(spec: JobSpec) -> JobSpec:
     """Rules that involve more than one key."""
     if not spec.pool.uri:
-        raise ConfigError("pool.uri", "required key is missing")
+        raise ConfigError("pool.uri", "required key is missing; name a folder, glob or file")
     if spec.selection.candidates is not None and spec.selection.candidates < spec.selection.k:
         raise ConfigError(
             "selection.candidates",
@@ -311,7 +332,8 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
                                               "name the column that holds the model's output")
     else:
         if spec.model.path is None:
-            raise ConfigError("model.path", f"required when model.kind is {kind}")
+            raise ConfigError("model.path", f"required when model.kind is {kind}; name the "
+                                            "model's file (or package.module:factory)")
         if spec.pool.feature_column is None:
             raise ConfigError("pool.feature_column",
                               f"required when model.kind is {kind}; name the embedding column")
@@ -340,10 +362,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
             raise ConfigError(dotted, "not a dotted spec key such as scoring.strategy")
         node = result
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(parts[: i + 1]), "is a value, not a section")
-            node = child
+            if node.get(part) is None:  # absent, or an empty section (`scoring:` reads as null)
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(".".join(parts[: i + 1]),
+                                  f"got {_describe(node[part])}; expected a section (a mapping)")
+            node = node[part]
         node[parts[-1]] = value
     return result
 
@@ -351,10 +375,11 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
 def parse_set_option(text: str) -> tuple[str, Any]:
     """Parse one ``--set KEY=VALUE``; the value is a YAML scalar or flow list."""
     key, sep, value = text.partition("=")
+    key = key.strip()
     if not sep or not key:
         raise ConfigError("--set", f"got {text!r}; expected KEY=VALUE, e.g. scoring.strategy=margin")
     try:
         parsed = yaml.safe_load(value) if value else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}", f"cannot parse the value {value!r} as YAML") from None
-    return key.strip(), parsed
+    return key, parsed

@@ -66,6 +66,10 @@ def connect(address: str | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None:
+        # A private single-machine Ray: keep it on loopback (Ray binds to the external interface
+        # unless this is 0) and without cluster tokens, unless the user says otherwise.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
@@ -137,6 +141,7 @@ class _JobState:
         self.counts = dict(shards=len(shards), shards_done=0, shards_quarantined=0, rows_in=0,
                            rows_scored=0, rows_quarantined=0)
         self.failure: str | None = None
+        self.scoring_seconds = 0.0
         self.id_type: pa.DataType = pa.int64()
         self.progress = Progress(len(shards), sum(s.num_rows or 0 for s in shards))
 
@@ -261,7 +266,8 @@ def _job_record(spec: JobSpec, state: _JobState, started: str, seconds: float, s
         "started": started,
         "finished": _now(),
         "seconds": round(seconds, 3),
-        "rows_per_second": round(state.counts["rows_in"] / seconds, 1) if seconds > 0 else 0.0,
+        "scoring_seconds": round(state.scoring_seconds, 3),
+        "rows_per_second": round(state.counts["rows_in"] / max(state.scoring_seconds, 1e-9), 1),
         "counts": state.counts,
         "errors": state.errors.count,
         "actors": devices,
@@ -309,7 +315,9 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None) ->
     pool = _ActorPool(spec, count, options)
     try:
         pool.wait_ready()
+        scoring_started = time.perf_counter()
         _dispatch(state, pool, shards)
+        state.scoring_seconds = time.perf_counter() - scoring_started
     finally:
         pool.shutdown()
         state.progress.close()

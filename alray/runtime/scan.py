@@ -105,6 +105,20 @@ def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(dtype=torch.float32)
 
 
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """``[n, D]`` -> ``[n]`` bool, True where every value is finite.
+
+    A row sum is NaN or Inf whenever the row holds one, so one cheap reduction screens every row;
+    only rows it flags (a NaN, an Inf, or finite values whose float32 sum overflows) are checked
+    element by element.
+    """
+    finite = torch.isfinite(x.sum(dim=1))
+    if not finite.all():
+        suspects = torch.nonzero(~finite).squeeze(1)
+        finite[suspects] = torch.isfinite(x[suspects]).all(dim=1)
+    return finite
+
+
 def _model_output(model: LoadedModel, x: torch.Tensor, shard: ShardSpec) -> torch.Tensor:
     if model.module is None:
         return x
@@ -120,7 +134,7 @@ def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str,
     """Score one batch; returns the positions of good rows and their score columns."""
     x = _tensor(batch.values, model.device)
     checks = list(batch.bad)
-    finite = torch.isfinite(x).all(dim=1)
+    finite = _finite_rows(x)
     bad_features = (~finite).cpu().numpy()
     checks.append(("non_finite", f"NaN or Inf in column {value_name!r}", bad_features))
     if bad_features.any():

@@ -1,0 +1,90 @@
+"""Shared fixtures: one local Ray per session, pools and heads written into tmp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+# Keep every Ray of the suite on loopback and without cluster tokens (see shared/RUNBOOK.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray with 2 CPUs for the whole session (Ray's ray_start_regular_shared idiom)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_head(path: Path, classes: int, dim: int, seed: int = 0, scale: float = 1.0) -> Path:
+    """A linear head ``weight [C, D]``, ``bias [C]`` as .safetensors or .npz (by suffix)."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((classes, dim)) * scale).astype(np.float32)
+    bias = (rng.standard_normal(classes) * 0.1).astype(np.float32)
+    if path.suffix == ".npz":
+        np.savez(path, weight=weight, bias=bias)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"weight": weight, "bias": bias}, str(path))
+    return path
+
+
+def embedding_array(x: np.ndarray, fixed: bool = True) -> pa.Array:
+    """``[n, D]`` -> fixed_size_list<float> (or list<float>) Arrow array."""
+    flat = pa.array(x.ravel())
+    if fixed:
+        return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+    offsets = pa.array(np.arange(0, x.size + 1, x.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def write_pool(folder: Path, rows_per_shard: list[int], dim: int = 8, seed: int = 0,
+               fixed: bool = True, dtype=np.float32, first_id: int = 0,
+               row_group_size: int | None = None, extra: dict | None = None) -> list[Path]:
+    """Write one parquet file per entry of ``rows_per_shard``: ``id`` (int64, unique across the
+    pool), ``embedding``, ``tag`` (a string to carry). Returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths, next_id = [], first_id
+    for i, rows in enumerate(rows_per_shard):
+        x = rng.standard_normal((rows, dim)).astype(dtype)
+        ids = np.arange(next_id, next_id + rows, dtype=np.int64)
+        next_id += rows
+        table = pa.table({"id": ids, "embedding": embedding_array(x, fixed),
+                          "tag": pa.array([f"row-{j}" for j in ids], pa.string())})
+        for name, values in (extra or {}).items():
+            table = table.append_column(name, values)
+        path = folder / f"part-{i:03d}.parquet"
+        pq.write_table(table, path, row_group_size=row_group_size)
+        paths.append(path)
+    return paths
+
+
+def write_spec(folder: Path, **sections) -> Path:
+    """A job spec over ``folder/pool`` and ``folder/head.safetensors``; keyword sections merge
+    over the defaults (``selection={"k": 5}``)."""
+    spec = {
+        "name": "test-job",
+        "pool": {"uri": "./pool", "feature_column": "embedding"},
+        "model": {"kind": "linear", "path": "./head.safetensors"},
+        "selection": {"k": 10},
+        "output": {"uri": "./out"},
+        "resources": {"actors": 2},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
