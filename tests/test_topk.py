@@ -217,16 +217,24 @@ def check_duplicate_records(reducer, pool, winners, selected):
 
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(ID_KINDS),
-       sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8), copies=st.sampled_from([2, 8]))
-def test_every_losing_copy_in_contention_is_reported(seed, kind, sizes, copies):
-    """With nothing cut (M and k above every count), each losing copy is reported exactly once;
-    where an id has at most two copies, ``kept_in`` is the shard whose copy is selected."""
+       sizes=st.lists(st.integers(0, 60), min_size=1, max_size=8), copies=st.sampled_from([2, 8]),
+       merged=st.booleans())
+def test_every_losing_copy_in_contention_is_reported(seed, kind, sizes, copies, merged):
+    """With nothing cut (M and k above every count), each losing copy is reported exactly once,
+    also through ``merge``; where an id has at most two copies, ``kept_in`` is the shard whose
+    copy is selected."""
     rng = np.random.default_rng(seed)
     pool = make_pool(rng, kind, sizes, id_universe=max(sizes) + 5)
     if copies == 2:  # keep each id in at most two shards
         pool = at_most_two_copies(pool)
     total = sum(t.num_rows for t in pool.shards.values())
-    reducer = reduce_shards(pool, shuffled(rng, pool.shards), total + 1, total + 1)
+    names = shuffled(rng, pool.shards)
+    if merged:
+        cut = int(rng.integers(0, len(names) + 1))
+        reducer = reduce_shards(pool, names[:cut], total + 1, total + 1)
+        reducer.merge(reduce_shards(pool, names[cut:], total + 1, total + 1))
+    else:
+        reducer = reduce_shards(pool, names, total + 1, total + 1)
     winners = winning_copies(pool.rows())
     losers = {(r["id"], r["shard"]) for r in pool.rows()} - {
         (w["id"], w["shard"]) for w in winners.values()}

@@ -30,7 +30,8 @@ def top_k_rows(table: pa.Table, k: int, order=RANK_ORDER) -> pa.Table:
 
 
 def first_occurrences(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """``[n]`` bool mask, True at the first occurrence of each id (null ids count as distinct)."""
+    """``[n]`` bool mask, True at the first occurrence of each id (all nulls count as one id;
+    sources reject null ids before this)."""
     n = len(ids)
     if n == 0 or pc.count_distinct(ids, mode="all").as_py() == n:
         return np.ones(n, dtype=bool)
@@ -66,7 +67,8 @@ class TopKReducer:
         keep = first_occurrences(merged.column("id"))
         if not keep.all():
             dropped, merged = merged.filter(pa.array(~keep)), merged.filter(pa.array(keep))
-            winners = merged.select(["id", "shard"]).rename_columns(["id", "kept_in"])
+            winners = merged.select(["id", "shard", "score"]).rename_columns(
+                ["id", "kept_in", "kept_score"])
             self._duplicates.append(dropped.join(winners, "id", use_threads=False))
         self._table = merged.slice(0, self.k)
 
@@ -81,5 +83,15 @@ class TopKReducer:
 
     def duplicates(self) -> pa.Table | None:
         """Copies of ids dropped because another shard's copy ranked higher; ``kept_in`` names
-        the shard whose copy won."""
-        return pa.concat_tables(self._duplicates) if self._duplicates else None
+        the shard whose copy won in the end (a copy that won once may lose to a later one)."""
+        if not self._duplicates:
+            return None
+        dropped = pa.concat_tables(self._duplicates)
+        best: dict = {}  # id -> (-score, shard) of the best copy that ever beat another
+        for row_id, shard, score in zip(dropped.column("id").to_pylist(),
+                                        dropped.column("kept_in").to_pylist(),
+                                        dropped.column("kept_score").to_pylist()):
+            best[row_id] = min(best.get(row_id, (float("inf"), "")), (-score, shard))
+        kept_in = pa.array([best[i][1] for i in dropped.column("id").to_pylist()], pa.string())
+        dropped = dropped.drop_columns(["kept_in", "kept_score"])
+        return dropped.append_column("kept_in", kept_in)

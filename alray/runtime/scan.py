@@ -183,7 +183,7 @@ class _ShardRows:
         if batch.carry is not None:
             self.carry.append(batch.carry if all_good else batch.carry.take(take))
 
-    def table(self, strategy: str, id_type: pa.DataType) -> pa.Table:
+    def table(self, strategy: str, id_type: pa.DataType, carry: tuple[str, ...]) -> pa.Table:
         ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], type=id_type)
         columns = {"id": ids, "row": np.concatenate(self.rows) if self.rows else np.zeros(0, "i8")}
         for name in (*SCORE_COLUMNS, "predicted", "confidence"):
@@ -191,12 +191,10 @@ class _ShardRows:
             dtype = np.int32 if name == "predicted" else np.float32
             columns[name] = np.concatenate(parts) if parts else np.zeros(0, dtype)
         columns["score"] = columns[strategy]
-        table = pa.table(columns)
-        for carried in self.carry[:1]:
-            merged = pa.concat_tables(self.carry)
-            for name in carried.column_names:
-                table = table.append_column(name, merged.column(name))
-        return table
+        carried = pa.concat_tables(self.carry) if self.carry else None
+        for name in carry:  # a shard of zero rows still has every column, typed null
+            columns[name] = carried.column(name) if carried is not None else pa.nulls(0)
+        return pa.table(columns)
 
 
 def _drop_repeated_ids(table: pa.Table, rejects: _RowRejects) -> pa.Table:
@@ -216,7 +214,8 @@ _SCORES_FILE_COLUMNS = ["id", "score", *SCORE_COLUMNS, "predicted", "confidence"
 
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowRejects,
             id_type: pa.DataType) -> pa.Table:
-    table = _drop_repeated_ids(rows.table(spec.scoring.strategy, id_type), rejects)
+    table = _drop_repeated_ids(rows.table(spec.scoring.strategy, id_type, spec.pool.carry),
+                               rejects)
     atomic_write(scores_uri(spec.output.uri, shard.shard_id),
                  parquet_bytes(table.select(_SCORES_FILE_COLUMNS)))
     candidates = top_k_rows(table, spec.selection.per_shard)
