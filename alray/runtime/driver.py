@@ -79,8 +79,8 @@ def connect(address: str | None = None) -> bool:
 # ----------------------------------------------------------------------------------- actors
 
 
-def _actor_plan(spec: JobSpec, shards: int) -> tuple[int, dict]:
-    """How many actors, and the Ray options of each."""
+def _actor_plan(spec: JobSpec) -> tuple[int, dict]:
+    """How many actors at most, and the Ray options of each."""
     resources = ray.cluster_resources()
     cluster_gpus = int(resources.get("GPU", 0))
     gpus = spec.resources.gpus_per_actor
@@ -90,7 +90,7 @@ def _actor_plan(spec: JobSpec, shards: int) -> tuple[int, dict]:
     else:
         count = cluster_gpus if use_gpu else max(1, int(resources.get("CPU", 1)))
     options = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
-    return max(1, min(count, shards)), options
+    return max(1, count), options
 
 
 class _ActorPool:
@@ -101,6 +101,11 @@ class _ActorPool:
         self.actors = [self._make() for _ in range(count)]
         self.load = [0] * count
         self.devices: list[str] = []
+
+    def grow(self, count: int) -> None:
+        while len(self.actors) < count:
+            self.actors.append(self._make())
+            self.load.append(0)
 
     def wait_ready(self) -> None:
         reports = ray.get([a.ready.remote() for a in self.actors])
@@ -307,20 +312,23 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None) ->
         spec = spec.replace(output=type(spec.output)(uri=out))
     started, clock = _now(), time.perf_counter()
     check_model_source(spec.model)
-    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.shard_rows)
+    files = list_pool_files(spec.pool.uri)
     _clear_stale_outputs(spec.output.uri)
     connect(address)
-    state = _JobState(spec, shards)
-    count, options = _actor_plan(spec, len(shards))
-    pool = _ActorPool(spec, count, options)
+    count, options = _actor_plan(spec)
+    # Actors load the model while the driver reads footers; more come if files split into shards.
+    pool = _ActorPool(spec, min(count, len(files)), options)
     try:
+        shards = plan_shards(files, spec.pool.shard_rows)
+        state = _JobState(spec, shards)
+        pool.grow(min(count, len(shards)))
         pool.wait_ready()
         scoring_started = time.perf_counter()
         _dispatch(state, pool, shards)
         state.scoring_seconds = time.perf_counter() - scoring_started
     finally:
         pool.shutdown()
-        state.progress.close()
+    state.progress.close()
     _record_duplicates(state)
     if not state.failure and state.counts["rows_scored"] == 0:
         state.failure = "pool: no row could be scored; see errors.jsonl"
