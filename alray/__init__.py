@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 
 from alray.config import JobSpec  # noqa: E402
 from alray.errors import AlrayError, ConfigError, JobFailed, ModelError, ShardError  # noqa: E402
-from alray.runtime.driver import Result, run  # noqa: E402
 
 __all__ = [
     "AlrayError",
@@ -23,3 +22,13 @@ __all__ = [
     "__version__",
     "run",
 ]
+
+
+def __getattr__(name: str):
+    # `run` and `Result` live beside Ray; importing them lazily keeps `import alray` (and its pure
+    # pieces: scores, sources, reducers) usable and quick where Ray is not needed.
+    if name in ("run", "Result"):
+        from alray.runtime import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'alray' has no attribute {name!r}")
