@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray address to join ('auto' joins a running cluster)")
     run.add_argument("--fresh", action="store_true", help="ignore earlier outputs and start over")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    status = commands.add_parser("status", help="progress of a running or stopped job")
+    status.add_argument("out", metavar="OUT", help="the job's output folder")
+    status.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -42,13 +46,21 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_set_option(text) for text in args.overrides)
     spec = JobSpec.from_yaml(args.spec, overrides=overrides, out=args.out)
-    result = run(spec, address=args.address)
+    result = run(spec, address=args.address, fresh=args.fresh)
     counts = result.counts
     print(f"alray: {spec.name}: scored {counts['rows_scored']:,} of {counts['rows_in']:,} rows "
           f"in {counts['shards']} shards ({result.rows_per_second:,.0f} rows/s); "
           f"quarantined {counts['rows_quarantined']:,} rows, "
-          f"{counts['shards_quarantined']} shards; "
+          f"{counts['shards_quarantined']} shards; reused {result.job['shards_reused']} "
+          "committed shards; "
           f"selected {result.selection.num_rows} -> {result.paths['selection']}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from alray.status import format_status, job_status
+
+    print(format_status(job_status(args.out), args.out))
     return EXIT_OK
 
 
@@ -67,7 +79,7 @@ def _exit_status(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "demo": _demo}
+    handlers = {"run": _run, "demo": _demo, "status": _status}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -173,8 +173,6 @@ _SECTIONS: dict[str, type] = {
     "resources": ResourcesSpec,
 }
 _REQUIRED_SECTIONS = ("pool", "model", "selection", "output")
-# Spec keys whose change alters the scores of a shard (resume keys on these).
-SCORING_KEYS = ("pool.id_column", "pool.feature_column", "model", "scoring.strategy")
 
 
 def _build_section(cls: type, raw: Any, where: str):

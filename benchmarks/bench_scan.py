@@ -99,11 +99,11 @@ def tree_pss(pid: int) -> int:
     return sum(_pss(p) for p in [pid, *_children(pid)])
 
 
-def run_alray(spec: Path, pool_dirs: list[Path], out: Path) -> tuple[float, int]:
+def run_alray(spec: Path, pool_uris: list[Path], out: Path, fresh: bool = True) -> tuple[float, int]:
     """Wall seconds of the whole `alray run` process and its peak tree PSS in bytes."""
-    uris = "[" + ", ".join(str(p) for p in pool_dirs) + "]"
+    uris = "[" + ", ".join(str(p) for p in pool_uris) + "]"
     cmd = [sys.executable, "-m", "alray", "run", str(spec), "--set", f"pool.uri={uris}",
-           "--out", str(out)]
+           "--out", str(out), *(["--fresh"] if fresh else [])]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,19 @@ import yaml
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The folder whose files steer tests.models:faulty_head; set before Ray starts so workers see it.
+FAULTS = Path(tempfile.mkdtemp(prefix="alray-faults-"))
+os.environ["ALRAY_TEST_FAULTS"] = str(FAULTS)
+
+
+@pytest.fixture
+def faults():
+    """The fault-control folder, emptied before and after each test that uses it."""
+    for path in FAULTS.iterdir():
+        path.unlink()
+    yield FAULTS
+    for path in FAULTS.iterdir():
+        path.unlink()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,10 @@
 """Model factories importable as ``tests.models:<name>`` by `python` model specs."""
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import torch
 
 
@@ -7,3 +12,51 @@ def binary_head() -> torch.nn.Module:
     """A single-logit binary head over 8 features (alray treats it as two classes)."""
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(8, 1))
+
+
+class _FaultyLinear(torch.nn.Module):
+    """A seeded linear head over 8 features whose forward obeys control files in a folder:
+
+    - ``kill-*``: each forward tries to take one such token (``os.remove`` succeeds for exactly
+      one process); the taker SIGKILLs its own process, mid-shard.
+    - ``pass-*``: while the folder holds ``gate``, a forward must take a pass token or block
+      (writing ``blocked-<pid>`` with its Ray node id) until ``gate-open`` appears.
+    With none of these files it is a plain linear head, so an undisturbed run uses the same model.
+    """
+
+    def __init__(self, control: str | None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(8, 4)
+        self.control = Path(control) if control else None
+
+    def _take(self, prefix: str) -> bool:
+        for token in sorted(self.control.glob(f"{prefix}-*")):
+            try:
+                token.unlink()
+                return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    def _wait_at_gate(self) -> None:
+        if not (self.control / "gate").exists() or self._take("pass"):
+            return
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        (self.control / f"blocked-{os.getpid()}").write_text(node)
+        while not (self.control / "gate-open").exists():
+            time.sleep(0.05)  # waiting for the test to open the gate, not for time to pass
+
+    def forward(self, x):
+        if self.control is not None:
+            if self._take("kill"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._wait_at_gate()
+        return self.linear(x)
+
+
+def faulty_head() -> torch.nn.Module:
+    """:class:`_FaultyLinear` controlled by the folder in ``$ALRAY_TEST_FAULTS`` (if set)."""
+    return _FaultyLinear(os.environ.get("ALRAY_TEST_FAULTS"))

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import alray
-from alray.config import SCORING_KEYS, JobSpec, apply_overrides, parse_set_option
+from alray.config import JobSpec, apply_overrides, parse_set_option
+from alray.output.commits import SCORING_KEYS
 from alray.errors import ConfigError
 
 # The smallest valid spec; relative paths are resolved against the spec file's folder.

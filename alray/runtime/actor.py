@@ -11,7 +11,7 @@ import torch
 from alray.config import JobSpec
 from alray.errors import AlrayError
 from alray.models import load_model
-from alray.runtime.scan import ShardOutcome, scan_shard
+from alray.runtime.scan import ShardOutcome, scan_and_commit
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ScoringActor"]
@@ -25,11 +25,12 @@ class ScoringActor:
     of a dead actor.
     """
 
-    def __init__(self, spec: JobSpec, import_paths: list[str]):
+    def __init__(self, spec: JobSpec, import_paths: list[str], scoring: str):
         for path in reversed(import_paths):  # so `python` models import as on the driver
             if path not in sys.path:
                 sys.path.insert(0, path)
         self.spec = spec
+        self.scoring = scoring
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
                                    else "cpu")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -45,4 +46,5 @@ class ScoringActor:
         return {"device": str(self.device), "error": self.load_error, "pid": os.getpid()}
 
     def score(self, shard: ShardSpec) -> ShardOutcome:
-        return scan_shard(shard, self.spec, self.model)
+        """Score and commit one shard (see :func:`~alray.runtime.scan.scan_and_commit`)."""
+        return scan_and_commit(shard, self.spec, self.model, self.scoring)

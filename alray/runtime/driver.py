@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from alray.config import JobSpec
 from alray.errors import JobFailed, ModelError
 from alray.models import check_model_source
 from alray.output import ErrorLog, write_job_json, write_selection
+from alray.output.commits import scoring_hash
 from alray.reduce import TopKReducer
 from alray.runtime.actor import ScoringActor
 from alray.runtime.progress import Progress
+from alray.runtime.resume import prepare_output, reuse_committed
 from alray.runtime.scan import ShardOutcome, error_record
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
 
@@ -96,8 +99,8 @@ def _actor_plan(spec: JobSpec) -> tuple[int, dict]:
 class _ActorPool:
     """Scoring actors in slots; a dead actor's slot gets a fresh actor."""
 
-    def __init__(self, spec: JobSpec, count: int, options: dict):
-        self._make = lambda: ScoringActor.options(**options).remote(spec, [os.getcwd()])
+    def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str):
+        self._make = lambda: ScoringActor.options(**options).remote(spec, [os.getcwd()], scoring)
         self.actors = [self._make() for _ in range(count)]
         self.load = [0] * count
         self.devices: list[str] = []
@@ -145,6 +148,7 @@ class _JobState:
         self.shards: dict[str, dict] = {}
         self.counts = dict(shards=len(shards), shards_done=0, shards_quarantined=0, rows_in=0,
                            rows_scored=0, rows_quarantined=0)
+        self.shards_reused = self.rows_reused = 0
         self.failure: str | None = None
         self.scoring_seconds = 0.0
         self.id_type: pa.DataType = pa.int64()
@@ -212,13 +216,18 @@ def _cause(exc: Exception) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec]) -> None:
+def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
+              reused: dict[str, ShardOutcome]) -> None:
     spec = state.spec
     fail_fast = spec.resources.on_error == "fail"
     queue: deque[ShardSpec] = deque()
     for shard in shards:
         if shard.problem is not None:
             state.record(_planning_outcome(shard, fail_fast))
+        elif shard.shard_id in reused:
+            state.record(reused[shard.shard_id])
+            state.shards_reused += 1
+            state.rows_reused += reused[shard.shard_id].rows_in
         else:
             queue.append(shard)
     attempts: dict[str, int] = {}
@@ -272,13 +281,25 @@ def _job_record(spec: JobSpec, state: _JobState, started: str, seconds: float, s
         "finished": _now(),
         "seconds": round(seconds, 3),
         "scoring_seconds": round(state.scoring_seconds, 3),
-        "rows_per_second": round(state.counts["rows_in"] / max(state.scoring_seconds, 1e-9), 1),
+        "rows_per_second": round((state.counts["rows_in"] - state.rows_reused)
+                                 / max(state.scoring_seconds, 1e-9), 1),
         "counts": state.counts,
+        "shards_reused": state.shards_reused,
         "errors": state.errors.count,
         "actors": devices,
         "error": state.failure,
         "shards": state.shards,
     }
+
+
+def _running_record(spec: JobSpec, state: _JobState, started: str,
+                    reused: dict[str, ShardOutcome]) -> dict:
+    """``job.json`` while the job runs: what ``alray status`` reads beside the commit records."""
+    return {"name": spec.name, "status": "running", "alray_version": __version__,
+            "spec": spec.to_dict(), "spec_hash": spec.digest(), "started": started,
+            "host": socket.gethostname(), "pid": os.getpid(), "shards_planned": state.total_shards,
+            "shards_reused": len(reused), "rows_reused": sum(o.rows_in for o in reused.values()),
+            "rows_planned": state.progress.rows}
 
 
 def _record_duplicates(state: _JobState) -> None:
@@ -294,13 +315,16 @@ def _record_duplicates(state: _JobState) -> None:
     ])
 
 
-def run(spec: JobSpec, out: str | None = None, *, address: str | None = None) -> Result:
+def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
+        fresh: bool = False) -> Result:
     """Run a job: score every row of the pool and write the selection.
 
     Args:
         spec: a validated job spec.
         out: replaces ``output.uri``.
         address: a Ray address to join (default: ``RAY_ADDRESS``, else a local Ray).
+        fresh: ignore earlier outputs under ``output.uri`` and score every shard again. Otherwise
+            the job resumes: shards committed under the same key are not scored again.
 
     Raises:
         ConfigError: the pool or model file is missing (nothing has run).
@@ -313,18 +337,21 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None) ->
     started, clock = _now(), time.perf_counter()
     check_model_source(spec.model)
     files = list_pool_files(spec.pool.uri)
+    scoring = scoring_hash(spec)
     _clear_stale_outputs(spec.output.uri)
     connect(address)
     count, options = _actor_plan(spec)
     # Actors load the model while the driver reads footers; more come if files split into shards.
-    pool = _ActorPool(spec, min(count, len(files)), options)
+    pool = _ActorPool(spec, min(count, len(files)), options, scoring)
     try:
-        shards = plan_shards(files, spec.pool.shard_rows)
+        shards = plan_shards(files, spec.pool.shard_rows, id_column=spec.pool.id_column)
         state = _JobState(spec, shards)
-        pool.grow(min(count, len(shards)))
+        reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
+        write_job_json(spec.output.uri, _running_record(spec, state, started, reused))
+        pool.grow(min(count, len(shards) - len(reused)))
         pool.wait_ready()
         scoring_started = time.perf_counter()
-        _dispatch(state, pool, shards)
+        _dispatch(state, pool, shards, reused)
         state.scoring_seconds = time.perf_counter() - scoring_started
     finally:
         pool.shutdown()

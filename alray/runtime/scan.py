@@ -17,6 +17,7 @@ import torch
 from alray.config import JobSpec
 from alray.errors import ShardError
 from alray.models import LoadedModel, as_two_classes
+from alray.output.commits import ShardRecord, shard_key, write_commit
 from alray.reduce import first_occurrences, top_k_rows
 from alray.scoring import invalid_rows, log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE
@@ -25,7 +26,8 @@ from alray.sources.parquet import RowBatch, ShardColumns, read_shard
 from alray.sources.plan import ShardSpec
 from alray.sources.prefetch import prefetch
 
-__all__ = ["ShardOutcome", "scan_shard", "shard_columns", "scores_uri", "SCORE_COLUMNS"]
+__all__ = ["ShardOutcome", "scan_shard", "scan_and_commit", "shard_columns", "scores_uri", "label_candidates",
+           "SCORE_COLUMNS", "CANDIDATE_COLUMNS"]
 
 SCORE_COLUMNS = ("least_confidence", "margin", "ratio", "entropy")
 
@@ -209,7 +211,8 @@ def _drop_repeated_ids(table: pa.Table, rejects: _RowRejects) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
-_SCORES_FILE_COLUMNS = ["id", "score", *SCORE_COLUMNS, "predicted", "confidence"]
+_SCORES_FILE_COLUMNS = ["id", "score", *SCORE_COLUMNS, "predicted", "confidence", "row"]
+CANDIDATE_COLUMNS = ["id", "score", "predicted", "row"]
 
 
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowRejects,
@@ -219,8 +222,11 @@ def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowReje
     atomic_write(scores_uri(spec.output.uri, shard.shard_id),
                  parquet_bytes(table.select(_SCORES_FILE_COLUMNS)))
     candidates = top_k_rows(table, spec.selection.per_shard)
-    keep = ["id", "score", "predicted", "row", *spec.pool.carry]
-    candidates = candidates.select(keep)
+    return label_candidates(candidates.select([*CANDIDATE_COLUMNS, *spec.pool.carry]), shard)
+
+
+def label_candidates(candidates: pa.Table, shard: ShardSpec) -> pa.Table:
+    """Add the ``shard`` and ``uri`` columns the reducer and the selection need."""
     n = candidates.num_rows
     candidates = candidates.append_column("shard", pa.array([shard.shard_id] * n, pa.string()))
     return candidates.append_column("uri", pa.array([shard.uri] * n, pa.string()))
@@ -259,3 +265,15 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutc
                         rows_scored=rows_in - quarantined, rows_quarantined=quarantined,
                         errors=rejects.records, candidates=candidates,
                         seconds=time.perf_counter() - started)
+
+
+def scan_and_commit(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
+                    scoring: str) -> ShardOutcome:
+    """:func:`scan_shard`, then commit a finished shard so a resumed job can reuse it."""
+    outcome = scan_shard(shard, spec, model)
+    if outcome.status == "done":
+        record = ShardRecord(shard.shard_id, shard_key(shard, scoring), outcome.status,
+                             outcome.rows_in, outcome.rows_scored, outcome.rows_quarantined,
+                             spec.selection.per_shard, outcome.errors, round(outcome.seconds, 3))
+        write_commit(spec.output.uri, record, outcome.candidates)
+    return outcome

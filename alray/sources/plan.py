@@ -7,6 +7,7 @@ actors; each actor opens the file itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import fsspec
+import pyarrow as pa
 
 from alray.errors import ConfigError
 from alray.sources.files import open_parquet
@@ -141,30 +143,31 @@ def _row_group_runs(rows_per_group: Sequence[int], shard_rows: int) -> Iterator[
         yield first, len(rows_per_group) - 1
 
 
-def _shards_of(file: PoolFile, shard_rows: int, storage_options: dict) -> list[ShardSpec]:
+def _shards_of(file: PoolFile, shard_rows: int,
+               storage_options: dict) -> tuple[list[ShardSpec], pa.Schema | None]:
     whole = dict(uri=file.uri, size=file.size, version=file.version)
     if file.size == 0:
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=0,
-                          problem=("unreadable", "zero-byte file; it is not parquet"), **whole)]
+                          problem=("unreadable", "zero-byte file; it is not parquet"), **whole)], None
     try:
         with open_parquet(file.uri, storage_options) as pf:
-            meta = pf.metadata
+            meta, schema = pf.metadata, pf.schema_arrow
     except Exception as exc:  # any failure to read a footer makes this one shard bad
         kind = "missing_object" if isinstance(exc, FileNotFoundError) else "unreadable"
         problem = (kind, f"cannot read the parquet footer: {_one_line(exc)}")
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=None,
-                          problem=problem, **whole)]
+                          problem=problem, **whole)], None
     rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     if meta.num_rows <= shard_rows or len(rows) <= 1:
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0,
-                          num_rows=meta.num_rows, **whole)]
+                          num_rows=meta.num_rows, **whole)], schema
     shards = []
     for first, last in _row_group_runs(rows, shard_rows):
         shards.append(ShardSpec(shard_id(file.uri, (first, last)),
                                 row_groups=tuple(range(first, last + 1)),
                                 first_row=sum(rows[:first]),
                                 num_rows=sum(rows[first:last + 1]), **whole))
-    return shards
+    return shards, schema
 
 
 def _one_line(exc: BaseException) -> str:
@@ -172,11 +175,42 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
-def plan_shards(files: Sequence[PoolFile], shard_rows: int,
-                storage_options: dict | None = None) -> list[ShardSpec]:
-    """Read every footer (in threads) and cut the files into shards, in file order."""
+def _id_family(t: pa.DataType) -> str:
+    return "integer" if pa.types.is_integer(t) else str(t).replace("large_", "")
+
+
+def _mismatch(schema: pa.Schema, reference: pa.Schema, id_column: str) -> str | None:
+    """Ids from every shard meet in one reducer, so their types must agree (int widths may
+    differ); every other column is checked shard by shard when it is read."""
+    i, j = schema.get_field_index(id_column), reference.get_field_index(id_column)
+    if i < 0 or j < 0:
+        return None
+    here, first = schema.field(i).type, reference.field(j).type
+    if _id_family(here) != _id_family(first):
+        return (f"id column {id_column!r} is {here} here but {first} in the pool's first file; "
+                "every shard's ids must share one type")
+    return None
+
+
+def _with_problem(shards: list[ShardSpec], kind: str, message: str) -> list[ShardSpec]:
+    return [dataclasses.replace(s, problem=(kind, message)) for s in shards]
+
+
+def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage_options: dict | None = None,
+                id_column: str | None = None) -> list[ShardSpec]:
+    """Read every footer (in threads) and cut the files into shards, in file order.
+
+    Args:
+        id_column: when given, a file whose ids differ in type from the first readable file's
+            (strings against integers) is planned as a bad shard of kind ``schema``.
+    """
     options = storage_options or {}
     with ThreadPoolExecutor(max_workers=_FOOTER_THREADS) as pool:
-        per_file = pool.map(lambda f: _shards_of(f, shard_rows, options), files)
-        return [shard for shards in per_file for shard in shards]
-
+        per_file = list(pool.map(lambda f: _shards_of(f, shard_rows, options), files))
+    reference = next((schema for _, schema in per_file if schema is not None), None)
+    planned = []
+    for shards, schema in per_file:
+        problem = (id_column is not None and schema is not None and reference is not None
+                   and _mismatch(schema, reference, id_column))
+        planned += _with_problem(shards, "schema", problem) if problem else shards
+    return planned

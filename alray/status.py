@@ -1,0 +1,75 @@
+"""``alray status OUT``: progress of a running or stopped job, from its output folder alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+
+import fsspec
+
+from alray.errors import ConfigError
+from alray.output.commits import load_records
+
+__all__ = ["job_status", "format_status"]
+
+
+def _driver_alive(job: dict) -> bool | None:
+    """Whether the driver that wrote ``job`` still runs (None: on another host, unknown)."""
+    if job.get("host") != socket.gethostname() or not job.get("pid"):
+        return None
+    try:
+        os.kill(job["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_status(output_uri: str) -> dict:
+    """The job's state: ``status``, shard and row counts, rows per second, from ``job.json`` and
+    the commit records."""
+    fs, root = fsspec.core.url_to_fs(output_uri)
+    try:
+        job = json.loads(fs.cat_file(f"{root}/job.json"))
+    except FileNotFoundError:
+        raise ConfigError("OUT", f"no job.json under {output_uri!r}; give a job's output folder")
+    if job["status"] != "running":
+        return {"name": job["name"], "status": job["status"], **job["counts"],
+                "shards_reused": job.get("shards_reused", 0), "shards_left": 0,
+                "rows_per_second": job["rows_per_second"], "error": job.get("error")}
+    records = [r for r in load_records(output_uri).values() if r.status == "done"]
+    started = dt.datetime.fromisoformat(job["started"])
+    elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    rows_done = sum(r.rows_in for r in records)
+    alive = _driver_alive(job)
+    status = {True: "running", False: "stopped", None: "running (on another host)"}[alive]
+    return {"name": job["name"], "status": status, "shards": job["shards_planned"],
+            "shards_done": len(records), "shards_reused": job["shards_reused"],
+            "shards_left": job["shards_planned"] - len(records), "rows_in": rows_done,
+            "rows_scored": sum(r.rows_scored for r in records),
+            "rows_quarantined": sum(r.rows_quarantined for r in records),
+            "rows_planned": job.get("rows_planned"),
+            "rows_per_second": max(rows_done - job.get("rows_reused", 0), 0) / max(elapsed, 1e-9),
+            "error": None}
+
+
+def format_status(state: dict, output_uri: str) -> str:
+    lines = [
+        f"{state['name']}: {state['status']} ({output_uri})",
+        f"  shards: {state['shards_done']} done ({state['shards_reused']} reused), "
+        f"{state.get('shards_quarantined', 0)} quarantined, {state['shards_left']} left "
+        f"of {state['shards']}",
+        f"  rows:   {state['rows_scored']:,} scored, {state['rows_quarantined']:,} quarantined"
+        + (f", of {state['rows_planned']:,}" if state.get("rows_planned") else ""),
+        f"  speed:  {state['rows_per_second']:,.0f} rows/s",
+    ]
+    if state["status"] == "stopped":
+        lines.append("  the driver is gone: run the same command again to resume")
+    if state.get("error"):
+        lines.append(f"  error:  {state['error']}")
+    return "\n".join(lines)
+
+
