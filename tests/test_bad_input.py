@@ -6,6 +6,7 @@ Each bad input is a small parquet file (or not) written beside good shards, per 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -237,3 +238,48 @@ def test_too_many_quarantined_shards_fail_the_job(tmp_path):
     past_limit = write_spec(tmp_path, resources={"on_error": "skip", "max_quarantined": 1})
     with pytest.raises(alray.JobFailed, match="resources.max_quarantined: 2 of 4 shards"):
         alray.run(alray.JobSpec.from_yaml(past_limit))
+
+
+def test_shard_whose_id_type_differs_from_the_first_shards(tmp_path):
+    pool, _ = _pool_with(tmp_path, [])
+    ids, x = _good_rows(10, 0)
+    _write(pool / "zz-strings.parquet", _table([f"s{i}" for i in ids], x))
+    spec = write_spec(tmp_path, resources={"on_error": "skip", "max_quarantined": 5})
+    result = alray.run(alray.JobSpec.from_yaml(spec))
+    errors = _errors(tmp_path / "out")
+    assert [(e["kind"], e["uri"].rsplit("/", 1)[1]) for e in errors] == [
+        ("schema", "zz-strings.parquet")]
+    assert "id column 'id' is string here but int64" in errors[0]["message"]
+    assert result.counts["rows_quarantined"] == 10 and result.counts["rows_scored"] == 160
+
+
+@pytest.mark.parametrize("change, kind", [("delete", "missing_object"),
+                                          ("directory", "unreadable")])
+def test_file_changed_between_planning_and_reading(tmp_path, change, kind):
+    """The actor's own code path, without Ray: plan, then delete the file (or put a directory in
+    its place: unreadable even for root), then scan the shard."""
+    from alray.models import load_model
+    from alray.runtime.scan import scan_shard
+    from alray.sources import list_pool_files, plan_shards
+
+    pool, _ = _pool_with(tmp_path, [])
+    spec = alray.JobSpec.from_yaml(write_spec(tmp_path, resources={"on_error": "skip"}))
+    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.shard_rows)
+    (pool / "part-001.parquet").unlink()
+    if change == "directory":
+        (pool / "part-001.parquet").mkdir()
+    outcome = scan_shard(shards[1], spec, load_model(spec.model))
+    assert outcome.status == "quarantined"
+    assert outcome.errors[0]["kind"] == kind
+    assert outcome.rows_in == outcome.rows_quarantined == 60
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode; the "
+                    "unreadable-file path is the same OSError branch the truncated test covers")
+def test_file_the_process_cannot_read(tmp_path):
+    pool, _ = _pool_with(tmp_path, [])
+    (pool / "part-001.parquet").chmod(0)
+    spec = write_spec(tmp_path, resources={"on_error": "skip", "max_quarantined": 5})
+    result = alray.run(alray.JobSpec.from_yaml(spec))
+    assert [e["kind"] for e in _errors(tmp_path / "out")] == ["unreadable"]
+    assert result.counts["rows_scored"] == 100
