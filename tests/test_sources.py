@@ -134,3 +134,16 @@ def test_memory_filesystem_plan_read_and_score(tmp_path):
     assert scores.num_rows == 45
     top = outcomes[2].candidates
     assert top.column("tag").to_pylist() == [f"t{i - 30}" for i in top.column("id").to_pylist()]
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    """An .npz holding a pickled object array would run code on load: alray refuses it."""
+    from alray.errors import ModelError
+
+    np.savez(tmp_path / "head.npz", weight=np.array([object()], dtype=object),
+             bias=np.zeros(2, np.float32))
+    spec = JobSpec.from_dict({"pool": {"uri": str(tmp_path), "feature_column": "embedding"},
+                              "model": {"kind": "linear", "path": str(tmp_path / "head.npz")},
+                              "selection": {"k": 1}, "output": {"uri": str(tmp_path / "out")}})
+    with pytest.raises(ModelError, match="not a readable .npz file"):
+        load_model(spec.model)
