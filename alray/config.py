@@ -28,6 +28,8 @@ __all__ = [
     "SelectionSpec",
     "OutputSpec",
     "ResourcesSpec",
+    "S3Options",
+    "StorageSpec",
     "apply_overrides",
 ]
 
@@ -87,6 +89,12 @@ def _share_or_count(value: Any, where: str) -> float | int:
         raise ConfigError(where, f"got {value!r}; a share must be in [0, 1), a count an integer")
     if value < 0:
         raise ConfigError(where, f"got {value!r}; expected a share in [0, 1) or a count >= 0")
+    return value
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, f"got {_describe(value)}; expected true or false")
     return value
 
 
@@ -164,6 +172,57 @@ class ResourcesSpec:
     max_quarantined: float | int = _spec(0.1, _share_or_count)
 
 
+_SECRETS = ("key", "secret", "token", "session_token", "access_key", "secret_key",
+            "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "password")
+
+
+@_section
+class S3Options:
+    """The closed set of S3 options a spec may give; credentials come from the standard AWS
+    environment variables, config files or instance roles, never from the spec."""
+
+    endpoint_url: str | None = _spec(None, _string)
+    region: str | None = _spec(None, _string)
+    anon: bool = _spec(False, _boolean)
+    profile: str | None = _spec(None, _string)
+
+    def fsspec(self) -> dict[str, Any]:
+        """The same options in s3fs's words."""
+        options: dict[str, Any] = {"anon": self.anon}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.region:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.profile:
+            options["profile"] = self.profile
+        return options
+
+
+def _s3_options(value: Any, where: str) -> S3Options | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        for key in value:
+            if str(key).lower() in _SECRETS:
+                raise ConfigError(f"{where}.{key}", "credentials are refused in a job spec; set "
+                                                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                                                    "a profile, or an instance role instead")
+    return _build_section(S3Options, value, where)
+
+
+@_section
+class StorageSpec:
+    """Object-storage options by protocol, mapped explicitly to fsspec."""
+
+    s3: S3Options | None = _spec(None, _s3_options)
+
+    def fsspec(self) -> dict[str, dict[str, Any]]:
+        """``{protocol: fsspec options}`` for every protocol the spec configures."""
+        if self.s3 is None:
+            return {}
+        return {"s3": self.s3.fsspec(), "s3a": self.s3.fsspec()}
+
+
 _SECTIONS: dict[str, type] = {
     "pool": PoolSpec,
     "model": ModelSpec,
@@ -171,6 +230,7 @@ _SECTIONS: dict[str, type] = {
     "selection": SelectionSpec,
     "output": OutputSpec,
     "resources": ResourcesSpec,
+    "storage": StorageSpec,
 }
 _REQUIRED_SECTIONS = ("pool", "model", "selection", "output")
 
@@ -232,6 +292,7 @@ class JobSpec:
     selection: SelectionSpec
     output: OutputSpec
     resources: ResourcesSpec
+    storage: StorageSpec = field(default_factory=StorageSpec)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
@@ -303,6 +364,11 @@ class JobSpec:
 
     def replace(self, **changes) -> "JobSpec":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def fsspec_storage(self) -> dict[str, dict[str, Any]]:
+        """fsspec options by protocol, for every path the job reads or writes."""
+        return self.storage.fsspec()
 
 
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,15 @@ import yaml
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Credentials for the S3 server the tests start (moto accepts any); set before Ray starts so the
+# actors inherit them, as they would inherit a real job's environment.
+S3_KEY, S3_SECRET = "alray-test-key", "alray-test-secret-d41d8cd98f"
+os.environ["AWS_ACCESS_KEY_ID"] = S3_KEY
+os.environ["AWS_SECRET_ACCESS_KEY"] = S3_SECRET
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
+
 # The folder whose files steer tests.models:faulty_head; set before Ray starts so workers see it.
 FAULTS = Path(tempfile.mkdtemp(prefix="alray-faults-"))
 os.environ["ALRAY_TEST_FAULTS"] = str(FAULTS)
@@ -102,3 +116,44 @@ def write_spec(folder: Path, **sections) -> Path:
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (as s3fs's own tests run it); yields its endpoint URL."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                               "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server):
+    """An s3fs filesystem on the test server, emptied after each test."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    yield fs
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/moto-api/reset", method="POST"))
+    fs.invalidate_cache()

@@ -21,12 +21,12 @@ import io
 from dataclasses import dataclass
 from typing import Callable
 
-import fsspec
 import numpy as np
 import torch
 
 from alray.config import ModelSpec
 from alray.errors import ConfigError, ModelError
+from alray.sources.files import Storage, open_file, url_to_fs
 
 __all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "check_model_source", "as_two_classes"]
 
@@ -77,9 +77,9 @@ def as_two_classes(output: torch.Tensor, kind: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- loaders
 
 
-def _read_bytes(uri: str, storage_options: dict) -> bytes:
+def _read_bytes(uri: str, storage: Storage) -> bytes:
     try:
-        with fsspec.open(uri, "rb", **storage_options) as f:
+        with open_file(uri, "rb", storage) as f:
             return f.read()
     except FileNotFoundError:
         raise ModelError(f"model.path: no file at {uri!r}") from None
@@ -102,8 +102,8 @@ def _linear_tensors(uri: str, blob: bytes) -> dict[str, np.ndarray]:
     raise ModelError(f"model.path: {uri!r}: a linear head is a .safetensors or .npz file")
 
 
-def _load_linear(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
-    tensors = _linear_tensors(spec.path, _read_bytes(spec.path, storage_options))
+def _load_linear(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
+    tensors = _linear_tensors(spec.path, _read_bytes(spec.path, storage))
     weight, bias = tensors.get("weight"), tensors.get("bias")
     if weight is None or bias is None or weight.ndim != 2 or bias.shape != (weight.shape[0],):
         found = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -120,8 +120,8 @@ def _load_linear(spec: ModelSpec, device: torch.device, storage_options: dict) -
     return LoadedModel(layer.to(device).eval(), spec.output, width, device)
 
 
-def _load_torchscript(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
-    blob = _read_bytes(spec.path, storage_options)
+def _load_torchscript(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
+    blob = _read_bytes(spec.path, storage)
     try:
         module = torch.jit.load(io.BytesIO(blob), map_location=device)
     except Exception as exc:
@@ -130,7 +130,7 @@ def _load_torchscript(spec: ModelSpec, device: torch.device, storage_options: di
     return LoadedModel(module.eval(), spec.output, None, device)
 
 
-def _load_python(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+def _load_python(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
     module_name, _, attr = spec.path.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -144,11 +144,11 @@ def _load_python(spec: ModelSpec, device: torch.device, storage_options: dict) -
     return LoadedModel(module.to(device).eval(), spec.output, None, device)
 
 
-def _load_precomputed(spec: ModelSpec, device: torch.device, storage_options: dict) -> LoadedModel:
+def _load_precomputed(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
     return LoadedModel(None, spec.output, None, device)
 
 
-Loader = Callable[[ModelSpec, torch.device, dict], LoadedModel]
+Loader = Callable[[ModelSpec, torch.device, Storage], LoadedModel]
 MODEL_LOADERS: dict[str, Loader] = {
     "linear": _load_linear,
     "torchscript": _load_torchscript,
@@ -158,20 +158,20 @@ MODEL_LOADERS: dict[str, Loader] = {
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu",
-               storage_options: dict | None = None) -> LoadedModel:
+               storage: Storage | None = None) -> LoadedModel:
     """Load the model ``spec`` names onto ``device``.
 
     Raises:
         ModelError: the file is missing or malformed, or the head has no classes.
     """
-    return MODEL_LOADERS[spec.kind](spec, torch.device(device), storage_options or {})
+    return MODEL_LOADERS[spec.kind](spec, torch.device(device), storage or {})
 
 
-def check_model_source(spec: ModelSpec, storage_options: dict | None = None) -> None:
+def check_model_source(spec: ModelSpec, storage: Storage | None = None) -> None:
     """Driver-side check that the model file exists, before any work starts."""
     if spec.kind in ("python", "precomputed"):
         return
-    fs, path = fsspec.core.url_to_fs(spec.path, **(storage_options or {}))
+    fs, path = url_to_fs(spec.path, storage)
     if not fs.isfile(path):
         raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
                                         f"{spec.kind} model's weights")

@@ -20,12 +20,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alray.config import JobSpec
-from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.sources.files import (Storage, atomic_write, join_uri, open_file, parquet_bytes,
+                                 url_to_fs)
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ShardRecord", "scoring_hash", "shard_key", "write_commit", "load_records",
@@ -50,7 +50,7 @@ def _model_content_hash(spec: JobSpec) -> str:
     if spec.model.kind in ("python", "precomputed"):
         return hashlib.sha256(repr((spec.model.kind, spec.model.path)).encode()).hexdigest()
     digest = hashlib.sha256()
-    with fsspec.open(spec.model.path, "rb") as f:
+    with open_file(spec.model.path, "rb", spec.fsspec_storage) as f:
         for block in iter(lambda: f.read(8 * 2**20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -86,11 +86,13 @@ class ShardRecord:
         return json.dumps(self.__dict__, default=str).encode()
 
 
-def write_commit(output_uri: str, record: ShardRecord, candidates: pa.Table | None) -> None:
+def write_commit(output_uri: str, record: ShardRecord, candidates: pa.Table | None,
+                 storage: Storage | None = None) -> None:
     """Commit a shard whose scores file is already written: candidates, then the record."""
     if candidates is not None:
-        atomic_write(candidates_uri(output_uri, record.shard_id), parquet_bytes(candidates))
-    atomic_write(record_uri(output_uri, record.shard_id), record.to_json())
+        atomic_write(candidates_uri(output_uri, record.shard_id), parquet_bytes(candidates),
+                     storage)
+    atomic_write(record_uri(output_uri, record.shard_id), record.to_json(), storage)
 
 
 def _read_record(fs, path: str) -> ShardRecord | None:
@@ -100,9 +102,9 @@ def _read_record(fs, path: str) -> ShardRecord | None:
         return None
 
 
-def load_records(output_uri: str) -> dict[str, ShardRecord]:
+def load_records(output_uri: str, storage: Storage | None = None) -> dict[str, ShardRecord]:
     """Every readable commit record under ``output_uri``, by shard id."""
-    fs, root = fsspec.core.url_to_fs(join_uri(output_uri, COMMITS_DIR))
+    fs, root = url_to_fs(join_uri(output_uri, COMMITS_DIR), storage)
     if not fs.isdir(root):
         return {}
     paths = [p for p in fs.find(root) if p.endswith(".json")]
@@ -111,6 +113,6 @@ def load_records(output_uri: str) -> dict[str, ShardRecord]:
     return {r.shard_id: r for r in records}
 
 
-def read_candidates(output_uri: str, shard_id: str) -> pa.Table:
-    with fsspec.open(candidates_uri(output_uri, shard_id), "rb") as f:
+def read_candidates(output_uri: str, shard_id: str, storage: Storage | None = None) -> pa.Table:
+    with open_file(candidates_uri(output_uri, shard_id), "rb", storage) as f:
         return pq.read_table(f)

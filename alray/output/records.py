@@ -7,7 +7,7 @@ import tempfile
 
 import pyarrow as pa
 
-from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.sources.files import Storage, atomic_write, join_uri, parquet_bytes
 
 __all__ = ["ErrorLog", "write_job_json", "write_selection", "SELECTION_COLUMNS"]
 
@@ -28,15 +28,19 @@ class ErrorLog:
             self.first = self.first or record
         self.count += len(records)
 
-    def commit(self, output_uri: str) -> str:
+    def commit(self, output_uri: str, storage: Storage | None = None) -> str:
+        """Write ``errors.jsonl`` and release the spool."""
         uri = join_uri(output_uri, "errors.jsonl")
         self._spool.seek(0)
-        atomic_write(uri, self._spool.read())
+        try:
+            atomic_write(uri, self._spool.read(), storage)
+        finally:
+            self._spool.close()
         return uri
 
 
 def write_selection(output_uri: str, selected: pa.Table | None, carry: tuple[str, ...],
-                    id_type: pa.DataType) -> tuple[str, pa.Table]:
+                    id_type: pa.DataType, storage: Storage | None = None) -> tuple[str, pa.Table]:
     """Write ``selection.parquet``: rank, id, score, shard, uri, predicted, then carried columns."""
     if selected is None:
         fields = [("rank", pa.int64()), ("id", id_type), ("score", pa.float32()),
@@ -46,11 +50,11 @@ def write_selection(output_uri: str, selected: pa.Table | None, carry: tuple[str
         table = selected.append_column("rank", pa.array(range(selected.num_rows), pa.int64()))
         table = table.select(SELECTION_COLUMNS + list(carry))
     uri = join_uri(output_uri, "selection.parquet")
-    atomic_write(uri, parquet_bytes(table))
+    atomic_write(uri, parquet_bytes(table), storage)
     return uri, table
 
 
-def write_job_json(output_uri: str, record: dict) -> str:
+def write_job_json(output_uri: str, record: dict, storage: Storage | None = None) -> str:
     uri = join_uri(output_uri, "job.json")
-    atomic_write(uri, json.dumps(record, indent=2, default=str).encode() + b"\n")
+    atomic_write(uri, json.dumps(record, indent=2, default=str).encode() + b"\n", storage)
     return uri

@@ -37,7 +37,7 @@ class ScoringActor:
         self.model = None
         self.load_error: str | None = None
         try:
-            self.model = load_model(spec.model, self.device)
+            self.model = load_model(spec.model, self.device, spec.fsspec_storage)
         except AlrayError as exc:
             self.load_error = str(exc)
 

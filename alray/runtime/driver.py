@@ -15,7 +15,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import ray
 
@@ -30,6 +29,7 @@ from alray.runtime.actor import ScoringActor
 from alray.runtime.progress import Progress
 from alray.runtime.resume import prepare_output, reuse_committed
 from alray.runtime.scan import ShardOutcome, error_record
+from alray.sources.files import Storage, url_to_fs
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
 
 __all__ = ["Result", "run", "connect"]
@@ -262,8 +262,8 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _clear_stale_outputs(output_uri: str) -> None:
-    fs, path = fsspec.core.url_to_fs(output_uri)
+def _clear_stale_outputs(output_uri: str, storage: Storage) -> None:
+    fs, path = url_to_fs(output_uri, storage)
     for name in ("selection.parquet", "job.json", "errors.jsonl"):
         if fs.exists(f"{path}/{name}"):
             fs.rm(f"{path}/{name}")
@@ -335,19 +335,20 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
     if out is not None:
         spec = spec.replace(output=type(spec.output)(uri=out))
     started, clock = _now(), time.perf_counter()
-    check_model_source(spec.model)
-    files = list_pool_files(spec.pool.uri)
+    storage = spec.fsspec_storage
+    check_model_source(spec.model, storage)
+    files = list_pool_files(spec.pool.uri, storage=storage)
     scoring = scoring_hash(spec)
-    _clear_stale_outputs(spec.output.uri)
+    _clear_stale_outputs(spec.output.uri, storage)
     connect(address)
     count, options = _actor_plan(spec)
     # Actors load the model while the driver reads footers; more come if files split into shards.
     pool = _ActorPool(spec, min(count, len(files)), options, scoring)
     try:
-        shards = plan_shards(files, spec.pool.shard_rows, id_column=spec.pool.id_column)
+        shards = plan_shards(files, spec.pool.shard_rows, storage, id_column=spec.pool.id_column)
         state = _JobState(spec, shards)
         reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
-        write_job_json(spec.output.uri, _running_record(spec, state, started, reused))
+        write_job_json(spec.output.uri, _running_record(spec, state, started, reused), storage)
         pool.grow(min(count, len(shards) - len(reused)))
         pool.wait_ready()
         scoring_started = time.perf_counter()
@@ -360,14 +361,14 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
     if not state.failure and state.counts["rows_scored"] == 0:
         state.failure = "pool: no row could be scored; see errors.jsonl"
     seconds = time.perf_counter() - clock
-    errors_uri = state.errors.commit(spec.output.uri)
+    errors_uri = state.errors.commit(spec.output.uri, storage)
     status = "failed" if state.failure else "succeeded"
     record = _job_record(spec, state, started, seconds, status, pool.devices)
     paths = {"errors": errors_uri}
     if not state.failure:
         paths["selection"], selection = write_selection(
-            spec.output.uri, state.reducer.result(), spec.pool.carry, state.id_type)
-    paths["job"] = write_job_json(spec.output.uri, record)
+            spec.output.uri, state.reducer.result(), spec.pool.carry, state.id_type, storage)
+    paths["job"] = write_job_json(spec.output.uri, record, storage)
     if state.failure:
         raise JobFailed(state.failure)
     return Result(spec.output.uri, selection, state.counts, record, paths)

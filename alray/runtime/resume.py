@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -16,7 +15,7 @@ from alray.output.commits import (COMMITS_DIR, ShardRecord, candidates_uri, load
                                   read_candidates, record_uri, shard_key)
 from alray.reduce import top_k_rows
 from alray.runtime.scan import CANDIDATE_COLUMNS, ShardOutcome, label_candidates, scores_uri
-from alray.sources.files import open_parquet
+from alray.sources.files import open_file, open_parquet, url_to_fs
 from alray.sources.plan import ShardSpec
 
 __all__ = ["prepare_output", "reuse_committed"]
@@ -34,13 +33,13 @@ def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[
 
     With ``fresh``, every earlier score and record is removed first and nothing is reused.
     """
-    fs, root = fsspec.core.url_to_fs(spec.output.uri)
+    fs, root = url_to_fs(spec.output.uri, spec.fsspec_storage)
     if fresh:
         for folder in ("scores", COMMITS_DIR):
             if fs.isdir(f"{root}/{folder}"):
                 fs.rm(f"{root}/{folder}", recursive=True)
         return {}
-    records = load_records(spec.output.uri)
+    records = load_records(spec.output.uri, spec.fsspec_storage)
     planned = {s.shard_id for s in shards}
     stale = [sid for sid in records if sid not in planned]
     if fs.isdir(f"{root}/scores"):
@@ -57,11 +56,11 @@ def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[
 def _rebuilt_candidates(shard: ShardSpec, spec: JobSpec) -> pa.Table:
     """Top-M again from the committed scores file (when M grew), with carried columns read back
     from the pool file for those rows only."""
-    with fsspec.open(scores_uri(spec.output.uri, shard.shard_id), "rb") as f:
+    with open_file(scores_uri(spec.output.uri, shard.shard_id), "rb", spec.fsspec_storage) as f:
         scores = pq.read_table(f, columns=["id", "score", "predicted", "row"])
     top = top_k_rows(scores, spec.selection.per_shard).select(CANDIDATE_COLUMNS)
     if spec.pool.carry:
-        with open_parquet(shard.uri) as pf:
+        with open_parquet(shard.uri, spec.fsspec_storage) as pf:
             carried = (pf.read_row_groups(list(shard.row_groups), columns=list(spec.pool.carry))
                        if shard.row_groups else pf.read(columns=list(spec.pool.carry)))
         positions = pa.array(top.column("row").to_numpy() - shard.first_row)
@@ -72,7 +71,8 @@ def _rebuilt_candidates(shard: ShardSpec, spec: JobSpec) -> pa.Table:
 
 def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcome:
     if record.candidates >= spec.selection.per_shard:
-        candidates = top_k_rows(read_candidates(spec.output.uri, shard.shard_id),
+        candidates = top_k_rows(read_candidates(spec.output.uri, shard.shard_id,
+                                                spec.fsspec_storage),
                                 spec.selection.per_shard)
     else:
         candidates = _rebuilt_candidates(shard, spec)

@@ -220,7 +220,7 @@ def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowReje
     table = _drop_repeated_ids(rows.table(spec.scoring.strategy, id_type, spec.pool.carry),
                                rejects)
     atomic_write(scores_uri(spec.output.uri, shard.shard_id),
-                 parquet_bytes(table.select(_SCORES_FILE_COLUMNS)))
+                 parquet_bytes(table.select(_SCORES_FILE_COLUMNS)), spec.fsspec_storage)
     candidates = top_k_rows(table, spec.selection.per_shard)
     return label_candidates(candidates.select([*CANDIDATE_COLUMNS, *spec.pool.carry]), shard)
 
@@ -246,7 +246,7 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutc
     columns = shard_columns(spec, model)
     rows_in, id_type = 0, pa.int64()
     try:
-        batches = read_shard(shard, columns, spec.scoring.batch_size)
+        batches = read_shard(shard, columns, spec.scoring.batch_size, spec.fsspec_storage)
         for batch in prefetch(batches, depth=2):
             rows_in += len(batch)
             id_type = batch.ids.type
@@ -275,5 +275,5 @@ def scan_and_commit(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
         record = ShardRecord(shard.shard_id, shard_key(shard, scoring), outcome.status,
                              outcome.rows_in, outcome.rows_scored, outcome.rows_quarantined,
                              spec.selection.per_shard, outcome.errors, round(outcome.seconds, 3))
-        write_commit(spec.output.uri, record, outcome.candidates)
+        write_commit(spec.output.uri, record, outcome.candidates, spec.fsspec_storage)
     return outcome

@@ -9,12 +9,17 @@ import contextlib
 import io
 import os
 import uuid
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import fsspec
 import pyarrow.parquet as pq
 
-__all__ = ["open_parquet", "atomic_write", "is_local", "local_path", "join_uri"]
+__all__ = ["open_parquet", "atomic_write", "is_local", "local_path", "join_uri", "url_to_fs",
+           "open_file", "Storage"]
+
+#: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
+#: ``storage`` section; never holds credentials.
+Storage = Mapping[str, Mapping[str, Any]]
 
 # Remote reads: a large block with read-ahead, so parquet column chunks arrive in few requests.
 _REMOTE_BLOCK_SIZE = 8 * 2**20
@@ -32,8 +37,25 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def protocol_of(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def url_to_fs(uri: str, storage: Storage | None = None):
+    """``(filesystem, path)`` for ``uri``, with the options the spec gives for its protocol."""
+    options = (storage or {}).get(protocol_of(uri), {})
+    return fsspec.core.url_to_fs(uri, **options)
+
+
 @contextlib.contextmanager
-def open_parquet(uri: str, storage_options: dict | None = None) -> Iterator[pq.ParquetFile]:
+def open_file(uri: str, mode: str = "rb", storage: Storage | None = None):
+    fs, path = url_to_fs(uri, storage)
+    with fs.open(path, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def open_parquet(uri: str, storage: Storage | None = None) -> Iterator[pq.ParquetFile]:
     """Open a parquet file for streaming reads.
 
     Local files go to Arrow's own reader (no Python in the I/O path); other URLs go through an
@@ -46,12 +68,12 @@ def open_parquet(uri: str, storage_options: dict | None = None) -> Iterator[pq.P
         finally:
             pf.close()
         return
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = url_to_fs(uri, storage)
     with fs.open(path, "rb", block_size=_REMOTE_BLOCK_SIZE, cache_type="readahead") as f:
         yield pq.ParquetFile(f)
 
 
-def atomic_write(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+def atomic_write(uri: str, data: bytes, storage: Storage | None = None) -> None:
     """Write ``data`` so that readers see the whole object or none of it.
 
     Local files are written to a temporary name beside the target and renamed over it. Object
@@ -67,7 +89,7 @@ def atomic_write(uri: str, data: bytes, storage_options: dict | None = None) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = url_to_fs(uri, storage)
     fs.pipe_file(path, data)
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alray.errors import ShardError
-from alray.sources.files import open_parquet
+from alray.sources.files import Storage, open_parquet
 from alray.sources.plan import ShardSpec
 
 __all__ = ["RowBatch", "ShardColumns", "read_shard"]
@@ -181,7 +181,7 @@ def _ids(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 
 def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
-               storage_options: dict | None = None) -> Iterator[RowBatch]:
+               storage: Storage | None = None) -> Iterator[RowBatch]:
     """Stream ``shard`` in batches of at most ``batch_size`` rows.
 
     Raises:
@@ -193,7 +193,7 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
     names = [columns.id_column, columns.value_column, *columns.carry]
     width = columns.width
     try:
-        with open_parquet(shard.uri, storage_options) as pf:
+        with open_parquet(shard.uri, storage) as pf:
             check_schema(pf.schema_arrow, columns)
             first_row = shard.first_row
             batches = pf.iter_batches(batch_size=batch_size, columns=names, use_threads=False,

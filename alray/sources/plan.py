@@ -14,11 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import fsspec
 import pyarrow as pa
 
 from alray.errors import ConfigError
-from alray.sources.files import open_parquet
+from alray.sources.files import Storage, open_parquet, url_to_fs
 
 __all__ = ["PoolFile", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
 
@@ -90,8 +89,9 @@ def _pool_file(fs, path: str, info: dict) -> PoolFile:
     return PoolFile(uri=fs.unstrip_protocol(path), size=info.get("size"), version=_version(info))
 
 
-def _list_one(uri: str, suffix: str, storage_options: dict) -> list[PoolFile]:
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+def _list_one(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
+    fs, path = url_to_fs(uri, storage)
+    fs.invalidate_cache()  # object-store listings are cached per process; plan from fresh ones
     if any(c in path for c in _GLOB_CHARS):
         found = fs.glob(path, detail=True)
         root = path.split("*")[0].rsplit("/", 1)[0]
@@ -111,7 +111,7 @@ def _list_one(uri: str, suffix: str, storage_options: dict) -> list[PoolFile]:
 
 
 def list_pool_files(uris: Sequence[str], suffix: str = ".parquet",
-                    storage_options: dict | None = None) -> list[PoolFile]:
+                    storage: Storage | None = None) -> list[PoolFile]:
     """Every pool file under ``uris`` (folders recursively, globs, single files), sorted, unique.
 
     Raises:
@@ -119,7 +119,7 @@ def list_pool_files(uris: Sequence[str], suffix: str = ".parquet",
     """
     seen: dict[str, PoolFile] = {}
     for uri in uris:
-        for f in _list_one(uri, suffix, storage_options or {}):
+        for f in _list_one(uri, suffix, storage or {}):
             seen.setdefault(f.uri, f)
     if not seen:
         raise ConfigError("pool.uri", f"no {suffix} files under {', '.join(uris)}; "
@@ -144,13 +144,13 @@ def _row_group_runs(rows_per_group: Sequence[int], shard_rows: int) -> Iterator[
 
 
 def _shards_of(file: PoolFile, shard_rows: int,
-               storage_options: dict) -> tuple[list[ShardSpec], pa.Schema | None]:
+               storage: Storage) -> tuple[list[ShardSpec], pa.Schema | None]:
     whole = dict(uri=file.uri, size=file.size, version=file.version)
     if file.size == 0:
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=0,
                           problem=("unreadable", "zero-byte file; it is not parquet"), **whole)], None
     try:
-        with open_parquet(file.uri, storage_options) as pf:
+        with open_parquet(file.uri, storage) as pf:
             meta, schema = pf.metadata, pf.schema_arrow
     except Exception as exc:  # any failure to read a footer makes this one shard bad
         kind = "missing_object" if isinstance(exc, FileNotFoundError) else "unreadable"
@@ -196,7 +196,7 @@ def _with_problem(shards: list[ShardSpec], kind: str, message: str) -> list[Shar
     return [dataclasses.replace(s, problem=(kind, message)) for s in shards]
 
 
-def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage_options: dict | None = None,
+def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage: Storage | None = None,
                 id_column: str | None = None) -> list[ShardSpec]:
     """Read every footer (in threads) and cut the files into shards, in file order.
 
@@ -204,7 +204,7 @@ def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage_options: dic
         id_column: when given, a file whose ids differ in type from the first readable file's
             (strings against integers) is planned as a bad shard of kind ``schema``.
     """
-    options = storage_options or {}
+    options = storage or {}
     with ThreadPoolExecutor(max_workers=_FOOTER_THREADS) as pool:
         per_file = list(pool.map(lambda f: _shards_of(f, shard_rows, options), files))
     reference = next((schema for _, schema in per_file if schema is not None), None)

@@ -1,0 +1,81 @@
+"""Pools, models and outputs on s3:// against an S3 server on 127.0.0.1 (moto), through s3fs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+import alray
+from tests.conftest import S3_KEY, S3_SECRET, write_head, write_pool, write_spec
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def upload(s3, local, remote: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.put_file(str(path), f"{remote}/{path.relative_to(local)}")
+
+
+def s3_spec(tmp_path, endpoint: str, **pool):
+    return write_spec(tmp_path, pool={"uri": "s3://pools/digits/", "carry": ["tag"], **pool},
+                      model={"path": "s3://models/head.safetensors"},
+                      output={"uri": "s3://results/run-1"},
+                      storage={"s3": {"endpoint_url": endpoint, "region": "us-east-1"}},
+                      selection={"k": 25})
+
+
+def test_pool_model_and_outputs_on_s3_match_local(tmp_path, s3, s3_server):
+    write_pool(tmp_path / "pool", [300, 0, 180, 220], dim=8, seed=21, row_group_size=100)
+    write_head(tmp_path / "head.safetensors", classes=5, dim=8)
+    local = alray.run(alray.JobSpec.from_yaml(write_spec(
+        tmp_path, pool={"carry": ["tag"]}, selection={"k": 25})))
+    for bucket in ("pools", "models", "results"):
+        s3.mkdir(bucket)
+    upload(s3, tmp_path / "pool", "pools/digits")
+    s3.put_file(str(tmp_path / "head.safetensors"), "models/head.safetensors")
+    spec = alray.JobSpec.from_yaml(s3_spec(tmp_path, s3_server, shard_rows=200))
+    remote = alray.run(spec)
+    s3.invalidate_cache()
+    for column in ("rank", "id", "score", "predicted", "tag"):
+        assert remote.selection.column(column).equals(local.selection.column(column))
+    assert all(u.startswith("s3://pools/digits/") for u in remote.selection["uri"].to_pylist())
+    with s3.open("results/run-1/selection.parquet", "rb") as f:
+        assert pq.read_table(f).equals(remote.selection)
+    scores = pq.read_table("results/run-1/scores", filesystem=s3)
+    assert scores.num_rows == 700
+    records = s3.ls("results/run-1/_shards")
+    assert len([r for r in records if r.endswith(".json")]) == remote.counts["shards"] - 0
+    assert not [p for p in s3.find("results") if ".tmp-" in p]  # no temporary objects left
+
+
+def test_credentials_never_reach_outputs(tmp_path, s3, s3_server):
+    write_pool(tmp_path / "pool", [50], dim=8)
+    write_head(tmp_path / "head.safetensors", classes=3, dim=8)
+    for bucket in ("pools", "models", "results"):
+        s3.mkdir(bucket)
+    upload(s3, tmp_path / "pool", "pools/digits")
+    s3.put_file(str(tmp_path / "head.safetensors"), "models/head.safetensors")
+    alray.run(alray.JobSpec.from_yaml(s3_spec(tmp_path, s3_server)))
+    s3.invalidate_cache()
+    for path in s3.find("results"):
+        blob = s3.cat_file(path)
+        assert S3_SECRET.encode() not in blob and S3_KEY.encode() not in blob, path
+    job = json.loads(s3.cat_file("results/run-1/job.json"))
+    assert job["spec"]["storage"]["s3"]["endpoint_url"] == s3_server
+
+
+def test_missing_bucket_is_a_clear_error(tmp_path, s3, s3_server):
+    write_head(tmp_path / "head.safetensors", classes=3, dim=8)
+    s3.mkdir("models")
+    s3.put_file(str(tmp_path / "head.safetensors"), "models/head.safetensors")
+    spec = alray.JobSpec.from_yaml(s3_spec(tmp_path, s3_server))
+    with pytest.raises(alray.ConfigError, match=r"^pool\.uri: nothing at 's3://pools/digits/'"):
+        alray.run(spec)
+
+
+def test_credentials_in_the_spec_are_refused(tmp_path):
+    with pytest.raises(alray.ConfigError, match="storage.s3.secret: credentials are refused"):
+        alray.JobSpec.from_yaml(write_spec(tmp_path, storage={"s3": {"secret": "x"}}))
