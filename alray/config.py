@@ -28,13 +28,15 @@ __all__ = [
     "SelectionSpec",
     "OutputSpec",
     "ResourcesSpec",
+    "ImageSpec",
     "S3Options",
     "StorageSpec",
     "apply_overrides",
 ]
 
 MODEL_KINDS = ("linear", "torchscript", "python", "precomputed")
-POOL_FORMATS = ("parquet",)
+POOL_FORMATS = ("parquet", "images")
+IMAGE_SHARD_ROWS = 1_000  # images per shard when pool.shard_rows is not given
 
 
 # ----------------------------------------------------------------------------------- checkers
@@ -119,6 +121,50 @@ def _spec(default: Any = dataclasses.MISSING, check: Checker | None = None):
     return field(default=default, metadata={"check": check})
 
 
+def _float_list(value: Any, where: str) -> tuple[float, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        raise ConfigError(where, f"got {_describe(value)}; expected a number or a list of numbers")
+    return tuple(float(v) for v in items)
+
+
+@_section
+class ImageSpec:
+    """Decoding and preprocessing, as torchvision users expect: EXIF orientation applied, alpha
+    dropped, shorter side resized with antialiasing, center crop, scaled to [0, 1], normalized."""
+
+    mode: str = _spec("RGB", _one_of("RGB", "L"))
+    resize: int = _spec(256, _int_at_least(1))
+    crop: int = _spec(224, _int_at_least(1))
+    mean: tuple[float, ...] | None = _spec(None, _float_list)
+    std: tuple[float, ...] | None = _spec(None, _float_list)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel; ImageNet's for RGB and 0.5 for L unless given."""
+        default_mean, default_std = (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+                                     if self.mode == "RGB" else ((0.5,), (0.5,)))
+        return self.mean or default_mean, self.std or default_std
+
+
+def _image(value: Any, where: str) -> ImageSpec:
+    spec = _build_section(ImageSpec, value or {}, where)
+    mean, std = spec.stats()
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != spec.channels:
+            raise ConfigError(f"{where}.{key}", f"got {len(values)} values; mode {spec.mode} "
+                                                f"has {spec.channels} channel(s)")
+    if any(v <= 0 for v in std):
+        raise ConfigError(f"{where}.std", f"got {list(std)}; every std must be > 0")
+    if spec.crop > spec.resize:
+        raise ConfigError(f"{where}.crop", f"got {spec.crop}; must be <= {where}.resize "
+                                           f"({spec.resize})")
+    return spec
+
+
 @_section
 class PoolSpec:
     """Where the pool lives and which columns to read."""
@@ -127,8 +173,27 @@ class PoolSpec:
     format: str = _spec("parquet", _one_of(*POOL_FORMATS))
     id_column: str = _spec("id", _string)
     feature_column: str | None = _spec(None, _string)
+    image_column: str | None = _spec(None, _string)
+    image_uri_column: str | None = _spec(None, _string)
     carry: tuple[str, ...] = _spec((), _string_list)
-    shard_rows: int = _spec(1_000_000, _int_at_least(1))
+    shard_rows: int | None = _spec(None, _int_at_least(1))
+    image: ImageSpec | None = _spec(None, _image)
+
+    @property
+    def rows_per_shard(self) -> int:
+        """``shard_rows``, or its default: 1,000,000 rows of parquet, 1,000 image files."""
+        if self.shard_rows is not None:
+            return self.shard_rows
+        return IMAGE_SHARD_ROWS if self.format == "images" and not self.image_source_column \
+            else 1_000_000
+
+    @property
+    def image_source_column(self) -> str | None:
+        return self.image_column or self.image_uri_column
+
+    @property
+    def reads_images(self) -> bool:
+        return self.format == "images"
 
 
 @_section
@@ -380,6 +445,23 @@ def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     return dataclasses.replace(spec, pool=pool, model=model, output=output)
 
 
+def _check_image_pool(spec: JobSpec) -> JobSpec:
+    pool = spec.pool
+    if spec.model.kind not in ("torchscript", "python"):
+        raise ConfigError("model.kind", f"got {spec.model.kind}; an image pool needs a "
+                                        "torchscript or python model that takes [B, C, H, W]")
+    if pool.image_column and pool.image_uri_column:
+        raise ConfigError("pool.image_uri_column", "give image_column or image_uri_column, "
+                                                   "not both")
+    if pool.feature_column:
+        raise ConfigError("pool.feature_column", "not used by an image pool; remove it")
+    if pool.carry and not pool.image_source_column:
+        raise ConfigError("pool.carry", "an image folder has no columns to carry; carry needs a "
+                                        "parquet pool with image_column or image_uri_column")
+    image = pool.image or _image({}, "pool.image")
+    return dataclasses.replace(spec, pool=dataclasses.replace(pool, image=image))
+
+
 def _check_across_sections(spec: JobSpec) -> JobSpec:
     """Rules that involve more than one key."""
     if not spec.pool.uri:
@@ -390,6 +472,11 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
             f"got {spec.selection.candidates}; must be >= selection.k ({spec.selection.k})",
         )
     kind = spec.model.kind
+    if spec.pool.format == "images":
+        return _check_image_pool(spec)
+    if spec.pool.image is not None or spec.pool.image_source_column:
+        raise ConfigError("pool.format", "got parquet; set pool.format: images to read "
+                                         "pool.image, image_column or image_uri_column")
     if kind == "precomputed":
         if spec.model.column is None:
             raise ConfigError("model.column", "required when model.kind is precomputed; "

@@ -30,7 +30,7 @@ from benchmarks.bench_scan import SHARD_ROWS, write_head, write_pool  # noqa: E4
 
 
 def score_pool(spec: JobSpec, device: str) -> tuple[float, TopKReducer]:
-    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.shard_rows)
+    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)
     model = load_model(spec.model, device)
     scan_shard(shards[0], spec, model)  # warm-up: CUDA context, kernels, page cache
     reducer = TopKReducer(spec.selection.k)

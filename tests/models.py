@@ -60,3 +60,25 @@ class _FaultyLinear(torch.nn.Module):
 def faulty_head() -> torch.nn.Module:
     """:class:`_FaultyLinear` controlled by the folder in ``$ALRAY_TEST_FAULTS`` (if set)."""
     return _FaultyLinear(os.environ.get("ALRAY_TEST_FAULTS"))
+
+
+class _SmallCnn(torch.nn.Module):
+    """conv -> relu -> global average pool -> linear; returns (logits, the pooled embedding)."""
+
+    def __init__(self, channels: int, classes: int = 10):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(channels, 8, kernel_size=3, padding=1)
+        self.head = torch.nn.Linear(8, classes)
+
+    def forward(self, x):
+        pooled = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.head(pooled), pooled
+
+
+def cnn_gray() -> torch.nn.Module:
+    return _SmallCnn(channels=1)
+
+
+def cnn_rgb() -> torch.nn.Module:
+    return _SmallCnn(channels=3)

@@ -264,7 +264,7 @@ def test_file_changed_between_planning_and_reading(tmp_path, change, kind):
 
     pool, _ = _pool_with(tmp_path, [])
     spec = alray.JobSpec.from_yaml(write_spec(tmp_path, resources={"on_error": "skip"}))
-    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.shard_rows)
+    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)
     (pool / "part-001.parquet").unlink()
     if change == "directory":
         (pool / "part-001.parquet").mkdir()

@@ -75,7 +75,7 @@ def test_minimal_spec_gets_the_documented_defaults(tmp_path):
     assert spec.pool.id_column == "id"
     assert spec.pool.feature_column == "embedding"
     assert spec.pool.carry == ()
-    assert spec.pool.shard_rows == 1_000_000
+    assert spec.pool.rows_per_shard == 1_000_000
     assert spec.model.output == "logits"
     assert spec.model.column is None
     assert spec.scoring.strategy == "entropy"
@@ -170,7 +170,8 @@ BAD_VALUES = [
     ({"model.kind": "python", "model.path": "mypkg.heads"}, "model.path", "'mypkg.heads'",
      "'package.module:factory'"),
     ({"pool.colour": "red"}, "pool.colour", "unknown key",
-     "uri, format, id_column, feature_column, carry, shard_rows"),
+     "uri, format, id_column, feature_column, image_column, image_uri_column, carry, "
+     "shard_rows, image"),
     ({"colour": {"a": 1}}, "colour", "unknown section",
      "name, pool, model, scoring, selection, output, resources"),
 ]

@@ -120,7 +120,7 @@ def test_memory_filesystem_plan_read_and_score(tmp_path):
         "model": {"kind": "linear", "path": str(tmp_path / "head.safetensors")},
         "selection": {"k": 5}, "output": {"uri": "memory://out-test"},
     })
-    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.shard_rows)
+    shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)
     assert [s.num_rows for s in shards] == [30, 0, 45]
     assert all(s.uri.startswith("memory://") for s in shards)
     model = load_model(spec.model)

@@ -30,6 +30,7 @@ from alray.runtime.progress import Progress
 from alray.runtime.resume import prepare_output, reuse_committed
 from alray.runtime.scan import ShardOutcome, error_record
 from alray.sources.files import Storage, url_to_fs
+from alray.sources.images import plan_image_shards
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
 
 __all__ = ["Result", "run", "connect"]
@@ -337,15 +338,19 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
     started, clock = _now(), time.perf_counter()
     storage = spec.fsspec_storage
     check_model_source(spec.model, storage)
-    files = list_pool_files(spec.pool.uri, storage=storage)
+    images = spec.pool.reads_images and spec.pool.image_source_column is None
+    files = [] if images else list_pool_files(spec.pool.uri, storage=storage)
+    image_shards = (plan_image_shards(spec.pool.uri, spec.pool.rows_per_shard, storage)
+                    if images else None)
     scoring = scoring_hash(spec)
     _clear_stale_outputs(spec.output.uri, storage)
     connect(address)
     count, options = _actor_plan(spec)
     # Actors load the model while the driver reads footers; more come if files split into shards.
-    pool = _ActorPool(spec, min(count, len(files)), options, scoring)
+    pool = _ActorPool(spec, min(count, len(files) or len(image_shards)), options, scoring)
     try:
-        shards = plan_shards(files, spec.pool.shard_rows, storage, id_column=spec.pool.id_column)
+        shards = image_shards or plan_shards(files, spec.pool.rows_per_shard, storage,
+                                             id_column=spec.pool.id_column)
         state = _JobState(spec, shards)
         reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
         write_job_json(spec.output.uri, _running_record(spec, state, started, reused), storage)

@@ -22,6 +22,7 @@ from alray.reduce import first_occurrences, top_k_rows
 from alray.scoring import invalid_rows, log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE
 from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.sources.images import read_image_shard
 from alray.sources.parquet import RowBatch, ShardColumns, read_shard
 from alray.sources.plan import ShardSpec
 from alray.sources.prefetch import prefetch
@@ -56,6 +57,12 @@ class ShardOutcome:
 
 
 def shard_columns(spec: JobSpec, model: LoadedModel) -> ShardColumns:
+    pool = spec.pool
+    if pool.reads_images:
+        kind = "bytes" if pool.image_column else "uri"
+        key = "pool.image_column" if pool.image_column else "pool.image_uri_column"
+        return ShardColumns(pool.id_column, pool.image_source_column or "", pool.carry,
+                            value_key=key, image=pool.image, image_kind=kind)
     if spec.model.kind == "precomputed":
         return ShardColumns(spec.pool.id_column, spec.model.column, spec.pool.carry,
                             value_key="model.column")
@@ -97,7 +104,7 @@ class _RowRejects:
 
 
 def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A ``[n, D]`` matrix as a float32 tensor on ``device``, sharing memory where it can."""
+    """A ``[n, ...]`` array as a float32 tensor on ``device``, sharing memory where it can."""
     with warnings.catch_warnings():
         # Arrow's buffers are read-only; alray never writes into this tensor.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -108,16 +115,17 @@ def _tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _finite_rows(x: torch.Tensor) -> torch.Tensor:
-    """``[n, D]`` -> ``[n]`` bool, True where every value is finite.
+    """``[n, ...]`` -> ``[n]`` bool, True where every value of a row is finite.
 
     A row sum is NaN or Inf whenever the row holds one, so one cheap reduction screens every row;
     only rows it flags (a NaN, an Inf, or finite values whose float32 sum overflows) are checked
     element by element.
     """
-    finite = torch.isfinite(x.sum(dim=1))
+    flat = x.reshape(len(x), -1)
+    finite = torch.isfinite(flat.sum(dim=1))
     if not finite.all():
         suspects = torch.nonzero(~finite).squeeze(1)
-        finite[suspects] = torch.isfinite(x[suspects]).all(dim=1)
+        finite[suspects] = torch.isfinite(flat[suspects]).all(dim=1)
     return finite
 
 
@@ -232,6 +240,13 @@ def label_candidates(candidates: pa.Table, shard: ShardSpec) -> pa.Table:
     return candidates.append_column("uri", pa.array([shard.uri] * n, pa.string()))
 
 
+def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):
+    if shard.members is not None:
+        return read_image_shard(shard, spec.pool.image, spec.scoring.batch_size,
+                                spec.fsspec_storage)
+    return read_shard(shard, columns, spec.scoring.batch_size, spec.fsspec_storage)
+
+
 def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutcome:
     """Score every row of ``shard``, commit its scores file, and return its top-M candidates.
 
@@ -246,7 +261,7 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutc
     columns = shard_columns(spec, model)
     rows_in, id_type = 0, pa.int64()
     try:
-        batches = read_shard(shard, columns, spec.scoring.batch_size, spec.fsspec_storage)
+        batches = _batches(shard, spec, columns)
         for batch in prefetch(batches, depth=2):
             rows_in += len(batch)
             id_type = batch.ids.type

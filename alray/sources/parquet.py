@@ -8,7 +8,7 @@ Row-level problems are reported as masks, shard-level ones raise :class:`ShardEr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 from alray.errors import ShardError
 from alray.sources.files import Storage, open_parquet
 from alray.sources.plan import ShardSpec
+
+if TYPE_CHECKING:
+    from alray.config import ImageSpec
 
 __all__ = ["RowBatch", "ShardColumns", "read_shard"]
 
@@ -38,6 +41,8 @@ class ShardColumns:
     carry: tuple[str, ...] = ()
     width: int | None = None
     value_key: str = "pool.feature_column"
+    image: "ImageSpec | None" = None
+    image_kind: str | None = None  # "bytes" or "uri" when value_column holds images
 
 
 @dataclass
@@ -91,10 +96,23 @@ def _check_value_type(f: pa.Field, width: int | None) -> None:
                                          f"values; the model takes {width}")
 
 
+def _check_image_type(f: pa.Field, kind: str) -> None:
+    t = f.type
+    ok = (pa.types.is_binary(t) or pa.types.is_large_binary(t) if kind == "bytes"
+          else pa.types.is_string(t) or pa.types.is_large_string(t))
+    if not ok:
+        expected = "binary (encoded image bytes)" if kind == "bytes" else "string (image URIs)"
+        raise ShardError("bad_type", f"column {f.name!r} is {t}; expected {expected}")
+
+
 def check_schema(schema: pa.Schema, columns: ShardColumns) -> None:
     """Raise :class:`ShardError` unless the shard has the columns the job needs, well typed."""
     _check_id_type(_field(schema, columns.id_column, "pool.id_column"))
-    _check_value_type(_field(schema, columns.value_column, columns.value_key), columns.width)
+    value = _field(schema, columns.value_column, columns.value_key)
+    if columns.image_kind:
+        _check_image_type(value, columns.image_kind)
+    else:
+        _check_value_type(value, columns.width)
     for name in columns.carry:
         _field(schema, name, "pool.carry")
 
@@ -167,6 +185,23 @@ def _row_checks(columns: ShardColumns, width: int, null_ids: np.ndarray,
     return checks
 
 
+def _decode_image_column(arr: pa.Array, columns: ShardColumns, null_ids: np.ndarray,
+                         storage) -> tuple[np.ndarray, list[tuple[str, str, np.ndarray]]]:
+    from alray.sources.images import decode_images, fetch_uri
+
+    values = arr.to_pylist()  # one Python object per image is inherent to decoding it
+    if columns.image_kind == "bytes":
+        def fetch(blob):
+            if blob is None:
+                raise FileNotFoundError("null image bytes")
+            return blob
+    else:
+        fetch = fetch_uri(storage)
+    matrix, checks = decode_images(values, fetch, columns.image)
+    return matrix, [("null_value", f"null id in column {columns.id_column!r}", null_ids),
+                    *checks]
+
+
 def _ids(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -201,8 +236,12 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
                                       else None)
             for batch in batches:
                 ids, null_ids = _ids(batch.column(0))
-                matrix, masks, width = decode_values(batch.column(1), width)
-                bad = _row_checks(columns, width, null_ids, masks)
+                if columns.image_kind:
+                    matrix, bad = _decode_image_column(batch.column(1), columns, null_ids,
+                                                       storage)
+                else:
+                    matrix, masks, width = decode_values(batch.column(1), width)
+                    bad = _row_checks(columns, width, null_ids, masks)
                 carry = (pa.Table.from_batches([batch.select(list(columns.carry))])
                          if columns.carry else None)
                 yield RowBatch(first_row, ids, matrix, bad, carry)

@@ -46,6 +46,7 @@ class ShardSpec:
         num_rows: rows the footer promises, or None where the footer could not be read.
         size, version: the file's size and modification time or ETag when planned.
         problem: ``(kind, message)`` when planning already found the shard bad.
+        members: for a shard of an image folder, the image keys under ``uri`` (the row ids).
     """
 
     shard_id: str
@@ -56,6 +57,7 @@ class ShardSpec:
     size: int | None
     version: str | None
     problem: tuple[str, str] | None = None
+    members: tuple[str, ...] | None = None
 
     @property
     def where(self) -> str:
@@ -74,7 +76,7 @@ def shard_id(uri: str, row_groups: tuple[int, int] | None = None) -> str:
 # ----------------------------------------------------------------------------------- listing
 
 
-def _is_hidden(relative: str) -> bool:
+def is_hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
@@ -105,7 +107,7 @@ def _list_one(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
     files = []
     for file_path, info in sorted(found.items()):
         relative = file_path[len(root):].lstrip("/")
-        if info.get("type") == "file" and file_path.endswith(suffix) and not _is_hidden(relative):
+        if info.get("type") == "file" and file_path.endswith(suffix) and not is_hidden(relative):
             files.append(_pool_file(fs, file_path, info))
     return files
 

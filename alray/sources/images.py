@@ -1,0 +1,173 @@
+"""Image pools: folders (or globs) of JPEG, PNG and WebP files, or image bytes / URIs in parquet.
+
+Preprocessing follows torchvision's usual evaluation transform: EXIF orientation applied, alpha
+dropped (``convert(mode)``), shorter side resized to ``resize`` with an antialiasing bilinear
+filter, a center crop of ``crop``, values scaled to [0, 1], then ``(x - mean) / std`` per channel.
+Output per image: ``[C, crop, crop]`` float32. Fetching and decoding run in a thread pool
+(Pillow and the object-store client release the GIL).
+
+A bad image is a bad row, never a crash: ``missing_object`` when the object is gone,
+``decode_error`` when Pillow cannot read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from alray.config import ImageSpec
+from alray.errors import ConfigError, ShardError
+from alray.sources.files import Storage, url_to_fs
+from alray.sources.parquet import RowBatch
+from alray.sources.plan import ShardSpec, is_hidden
+
+__all__ = ["IMAGE_SUFFIXES", "preprocess", "plan_image_shards", "read_image_shard",
+           "decode_images"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_FETCH_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="alray-images")
+    return _pool
+
+
+def preprocess(data: bytes, image: ImageSpec) -> np.ndarray:
+    """Encoded image bytes -> ``[C, crop, crop]`` float32, normalized.
+
+    Raises:
+        OSError / ValueError from Pillow when the bytes are not a readable image.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = ImageOps.exif_transpose(img).convert(image.mode)
+    width, height = img.size
+    if width <= height:  # the shorter side becomes `resize`, as torchvision's Resize(int)
+        size = (image.resize, int(image.resize * height / width))
+    else:
+        size = (int(image.resize * width / height), image.resize)
+    img = img.resize(size, Image.BILINEAR)  # Pillow's filters antialias when shrinking
+    left = int(round((size[0] - image.crop) / 2.0))
+    top = int(round((size[1] - image.crop) / 2.0))
+    img = img.crop((left, top, left + image.crop, top + image.crop))
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    array = array[:, :, None] if array.ndim == 2 else array
+    mean, std = (np.asarray(v, np.float32) for v in image.stats())
+    return np.ascontiguousarray(((array - mean) / std).transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+def _root_and_keys(uri: str, storage: Storage | None) -> tuple[str, list[str]]:
+    """The listing root's URI and the sorted image keys under it, relative to the root."""
+    fs, path = url_to_fs(uri, storage)
+    fs.invalidate_cache()
+    if any(c in path for c in "*?["):
+        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        root, found = path.rstrip("/"), fs.find(path)  # paged by the client; names only
+    else:
+        raise ConfigError("pool.uri", f"nothing at {uri!r}; give a folder or glob of images")
+    keys = sorted(p[len(root):].lstrip("/") for p in found
+                  if p.lower().endswith(IMAGE_SUFFIXES))
+    keys = [k for k in keys if not is_hidden(k)]
+    return fs.unstrip_protocol(root), keys
+
+
+def plan_image_shards(uris: Sequence[str], images_per_shard: int,
+                      storage: Storage | None = None) -> list[ShardSpec]:
+    """Cut each folder's sorted image keys into shards of ``images_per_shard``.
+
+    A row's id is the image's path under its folder, '/'-separated. A shard's ``version`` hashes
+    its keys, so a resumed job rescores a shard whose images were added or removed.
+    """
+    shards = []
+    for uri in uris:
+        root, keys = _root_and_keys(uri, storage)
+        stem = posixpath.basename(root.rstrip("/")) or "images"
+        digest = hashlib.sha1(root.encode()).hexdigest()[:8]
+        for first in range(0, len(keys), images_per_shard):
+            chunk = tuple(keys[first:first + images_per_shard])
+            last = first + len(chunk) - 1
+            shards.append(ShardSpec(
+                f"{stem}-{digest}-img{first}-{last}", root, row_groups=None, first_row=first,
+                num_rows=len(chunk), size=None,
+                version=hashlib.sha1("\n".join(chunk).encode()).hexdigest(), members=chunk))
+    if not shards:
+        raise ConfigError("pool.uri", f"no {', '.join(IMAGE_SUFFIXES)} files under "
+                                      f"{', '.join(uris)}")
+    return shards
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def _load(fetch, source, image: ImageSpec) -> tuple[np.ndarray | None, str | None]:
+    try:
+        data = fetch(source)
+    except FileNotFoundError:
+        return None, "missing_object"
+    try:
+        return preprocess(data, image), None
+    except Exception:  # Pillow raises many types for bad bytes; any of them is a bad row
+        return None, "decode_error"
+
+
+def decode_images(sources: list, fetch, image: ImageSpec) -> tuple[np.ndarray,
+                                                                     list[tuple[str, str,
+                                                                                np.ndarray]]]:
+    """Fetch and preprocess ``sources`` in threads -> (``[n, C, crop, crop]``, bad-row checks).
+
+    ``fetch(source) -> bytes`` reads one image (``None`` sources are missing objects).
+    """
+    results = list(_threads().map(lambda s: _load(fetch, s, image), sources))
+    batch = np.zeros((len(sources), image.channels, image.crop, image.crop), np.float32)
+    kinds = np.array([kind or "" for _, kind in results])
+    for i, (array, _) in enumerate(results):
+        if array is not None:
+            batch[i] = array
+    checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
+              ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
+               kinds == "decode_error")]
+    return batch, checks
+
+
+def read_image_shard(shard: ShardSpec, image: ImageSpec, batch_size: int,
+                     storage: Storage | None = None) -> Iterator[RowBatch]:
+    """Stream a folder shard's images as batches of ``[n, C, crop, crop]``; ids are the keys."""
+    if shard.problem is not None:
+        raise ShardError(*shard.problem)
+    fs, root = url_to_fs(shard.uri, storage)
+
+    def fetch(key: str) -> bytes:
+        return fs.cat_file(f"{root}/{key}")
+
+    for start in range(0, len(shard.members), batch_size):
+        keys = list(shard.members[start:start + batch_size])
+        values, checks = decode_images(keys, fetch, image)
+        yield RowBatch(shard.first_row + start, pa.array(keys, pa.string()), values, checks)
+
+
+def fetch_uri(storage: Storage | None):
+    """A ``fetch`` for :func:`decode_images` over full URIs (an image-URI column)."""
+
+    def fetch(uri: str | None) -> bytes:
+        if uri is None:
+            raise FileNotFoundError("null image URI")
+        fs, path = url_to_fs(uri, storage)
+        return fs.cat_file(path)
+
+    return fetch
