@@ -82,3 +82,17 @@ def cnn_gray() -> torch.nn.Module:
 
 def cnn_rgb() -> torch.nn.Module:
     return _SmallCnn(channels=3)
+
+
+class _LinearWithEmbedding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.linear(x), x[:, :3] * 2.0  # the "embedding" is checkable from the input
+
+
+def linear_with_embedding() -> torch.nn.Module:
+    return _LinearWithEmbedding()

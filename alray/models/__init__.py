@@ -47,18 +47,29 @@ class LoadedModel:
     input_width: int | None
     device: torch.device
 
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` -> ``[B, C]`` (a model returning ``(out, embedding)`` keeps ``out``)."""
+    def __call__(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[B, ...]`` -> (``[B, C]`` output, ``[B, E]`` embedding or None).
+
+        A model returns its output, or a pair (output, embedding) such as its penultimate layer.
+        """
         if self.module is None:
-            return features
+            return features, None
         with torch.inference_mode():
             out = self.module(features)
+        embedding = None
         if isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"model: returned {shape}; a model must return a [B, C] tensor")
-        return out
+            out, embedding = out[0], (out[1] if len(out) > 1 else None)
+        _check_shape(out, len(features), "output [B, C]")
+        if embedding is not None:
+            _check_shape(embedding, len(features), "embedding [B, E]")
+        return out, embedding
+
+
+def _check_shape(t, rows: int, what: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] != rows or t.shape[1] < 1:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ModelError(f"model: returned {shape} for {rows} rows; a model returns a {what} "
+                         "tensor")
 
 
 def as_two_classes(output: torch.Tensor, kind: str) -> torch.Tensor:

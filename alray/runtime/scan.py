@@ -22,6 +22,7 @@ from alray.reduce import first_occurrences, top_k_rows
 from alray.scoring import invalid_rows, log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE
 from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.runtime.embeddings import CandidateEmbeddings, EmbeddingsIncomplete
 from alray.sources.images import read_image_shard
 from alray.sources.parquet import RowBatch, ShardColumns, read_shard
 from alray.sources.plan import ShardSpec
@@ -129,9 +130,8 @@ def _finite_rows(x: torch.Tensor) -> torch.Tensor:
     return finite
 
 
-def _model_output(model: LoadedModel, x: torch.Tensor, shard: ShardSpec) -> torch.Tensor:
-    if model.module is None:
-        return x
+def _model_output(model: LoadedModel, x: torch.Tensor,
+                  shard: ShardSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     try:
         return model(x)
     except RuntimeError as exc:
@@ -139,9 +139,10 @@ def _model_output(model: LoadedModel, x: torch.Tensor, shard: ShardSpec) -> torc
         raise ShardError("schema", f"the model cannot take this shard's features: {first_line}")
 
 
-def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str,
-                 rejects: _RowRejects) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Score one batch; returns the positions of good rows and their score columns."""
+def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str, rejects: _RowRejects
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """Score one batch; returns the positions of good rows, their score columns and (when the
+    model gives one) their embeddings ``[good, E]``."""
     x = _tensor(batch.values, model.device)
     checks = list(batch.bad)
     finite = _finite_rows(x)
@@ -149,7 +150,8 @@ def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str,
     checks.append(("non_finite", f"NaN or Inf in column {value_name!r}", bad_features))
     if bad_features.any():
         x = torch.where(finite[:, None], x, torch.zeros_like(x))
-    out = as_two_classes(_model_output(model, x, rejects.shard), model.output)
+    out, embedding = _model_output(model, x, rejects.shard)
+    out = as_two_classes(out, model.output)
     non_finite, bad_probs = invalid_rows(out, model.output)
     checks.append(("non_finite", "the model's output holds NaN or Inf", non_finite.cpu().numpy()))
     checks.append(("bad_probabilities", "probabilities are negative or do not sum to 1 within "
@@ -169,7 +171,8 @@ def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str,
                  else log_probs_from_probs(out))
     scores = {name: t.cpu().numpy() for name, t in score_all(log_probs).items()}
     good = np.flatnonzero(~rejected)
-    return good, {name: col[good] for name, col in scores.items()}
+    kept = None if embedding is None else embedding.float().cpu().numpy()[good]
+    return good, {name: col[good] for name, col in scores.items()}, kept
 
 
 # ----------------------------------------------------------------------------------- per shard
@@ -224,13 +227,17 @@ CANDIDATE_COLUMNS = ["id", "score", "predicted", "row"]
 
 
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowRejects,
-            id_type: pa.DataType) -> pa.Table:
+            id_type: pa.DataType, embeddings: CandidateEmbeddings) -> pa.Table:
     table = _drop_repeated_ids(rows.table(spec.scoring.strategy, id_type, spec.pool.carry),
                                rejects)
     atomic_write(scores_uri(spec.output.uri, shard.shard_id),
                  parquet_bytes(table.select(_SCORES_FILE_COLUMNS)), spec.fsspec_storage)
     candidates = top_k_rows(table, spec.selection.per_shard)
-    return label_candidates(candidates.select([*CANDIDATE_COLUMNS, *spec.pool.carry]), shard)
+    candidates = candidates.select([*CANDIDATE_COLUMNS, *spec.pool.carry])
+    if embeddings.width is not None:
+        candidates = candidates.append_column("embedding", embeddings.column(
+            candidates.column("row").to_numpy()))
+    return label_candidates(candidates, shard)
 
 
 def label_candidates(candidates: pa.Table, shard: ShardSpec) -> pa.Table:
@@ -247,8 +254,12 @@ def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):
     return read_shard(shard, columns, spec.scoring.batch_size, spec.fsspec_storage)
 
 
-def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutcome:
+def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
+               keep_all: bool = False) -> ShardOutcome:
     """Score every row of ``shard``, commit its scores file, and return its top-M candidates.
+
+    When the model returns an embedding, the candidates carry it (``embedding``); only vectors
+    of rows that may still be among the shard's top M are held while scanning.
 
     Under ``resources.on_error: fail`` the first bad row fails the shard and nothing is written;
     under ``skip`` bad rows are recorded and the rest is scored. A shard-level problem yields a
@@ -258,6 +269,7 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutc
     fail_fast = spec.resources.on_error == "fail"
     rejects = _RowRejects(shard, fail_fast)
     rows = _ShardRows()
+    embeddings = CandidateEmbeddings(spec.selection.per_shard, keep_all)
     columns = shard_columns(spec, model)
     rows_in, id_type = 0, pa.int64()
     try:
@@ -265,9 +277,12 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutc
         for batch in prefetch(batches, depth=2):
             rows_in += len(batch)
             id_type = batch.ids.type
-            good, scores = _score_batch(batch, model, columns.value_column, rejects)
+            good, scores, vectors = _score_batch(batch, model, columns.value_column, rejects)
             rows.add(batch, good, scores)
-        candidates = _finish(shard, spec, rows, rejects, id_type)
+            embeddings.add(batch.first_row + good, scores[spec.scoring.strategy], vectors)
+        candidates = _finish(shard, spec, rows, rejects, id_type, embeddings)
+    except EmbeddingsIncomplete:  # repeated ids pushed a row in whose vector was let go
+        return scan_shard(shard, spec, model, keep_all=True)
     except ShardError as exc:
         status = "failed" if fail_fast else "quarantined"
         rows_in = max(rows_in, shard.num_rows or 0)
