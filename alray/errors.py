@@ -58,14 +58,17 @@ class ShardError(AlrayError):
         kind: one of :data:`ERROR_KINDS`.
         row: 0-based row index in the file, or None for a shard-level problem.
         row_id: the row's id where known.
+        transient: the cause may pass (throttling, a time-out): worth retrying the shard.
     """
 
-    def __init__(self, kind: str, message: str, *, row: int | None = None, row_id=None):
+    def __init__(self, kind: str, message: str, *, row: int | None = None, row_id=None,
+                 transient: bool = False):
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
         self.kind = kind
         self.row = row
         self.row_id = row_id
+        self.transient = transient
         super().__init__(message)
 
 

@@ -147,3 +147,26 @@ def test_pickled_weights_are_refused(tmp_path):
                               "selection": {"k": 1}, "output": {"uri": str(tmp_path / "out")}})
     with pytest.raises(ModelError, match="not a readable .npz file"):
         load_model(spec.model)
+
+
+def test_transient_errors_are_retried_with_backoff_and_others_are_not():
+    from alray.sources.files import retry_transient
+
+    calls = []
+
+    def flaky(succeed_on: int, error: type[Exception]):
+        calls.append(len(calls))
+        if len(calls) < succeed_on:
+            raise error("503 Slow Down")
+        return "data"
+
+    assert retry_transient(flaky, 3, TimeoutError, first_wait=0.001) == "data"
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        retry_transient(flaky, 9, ConnectionResetError, first_wait=0.001)
+    assert len(calls) == 4  # gave up after 4 attempts
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        retry_transient(flaky, 9, FileNotFoundError, first_wait=0.001)
+    assert len(calls) == 1  # a missing object is final

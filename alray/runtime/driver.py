@@ -71,9 +71,12 @@ def connect(address: str | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None:
         # A private single-machine Ray: keep it on loopback (Ray binds to the external interface
-        # unless this is 0) and without cluster tokens, unless the user says otherwise.
+        # unless this is 0), without cluster tokens, and with its workers, which do all of the
+        # job's work, at normal priority (Ray runs workers at nice 15, behind every other
+        # process); each unless the user says otherwise.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)

@@ -255,11 +255,16 @@ def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):
 
 
 def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
-               keep_all: bool = False) -> ShardOutcome:
+               keep_all: bool = False, raise_transient: bool = False) -> ShardOutcome:
     """Score every row of ``shard``, commit its scores file, and return its top-M candidates.
 
     When the model returns an embedding, the candidates carry it (``embedding``); only vectors
     of rows that may still be among the shard's top M are held while scanning.
+
+    Args:
+        keep_all: hold every row's embedding (the exact fallback for shards that repeat ids).
+        raise_transient: raise instead of quarantining when a remote read fails for a reason
+            that may pass, so :func:`scan_with_retries` can try again.
 
     Under ``resources.on_error: fail`` the first bad row fails the shard and nothing is written;
     under ``skip`` bad rows are recorded and the rest is scored. A shard-level problem yields a
@@ -282,8 +287,10 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
             embeddings.add(batch.first_row + good, scores[spec.scoring.strategy], vectors)
         candidates = _finish(shard, spec, rows, rejects, id_type, embeddings)
     except EmbeddingsIncomplete:  # repeated ids pushed a row in whose vector was let go
-        return scan_shard(shard, spec, model, keep_all=True)
+        return scan_shard(shard, spec, model, keep_all=True, raise_transient=raise_transient)
     except ShardError as exc:
+        if exc.transient and raise_transient:
+            raise _TransientFailure from exc
         status = "failed" if fail_fast else "quarantined"
         rows_in = max(rows_in, shard.num_rows or 0)
         record = error_record(shard, exc.kind, str(exc), exc.row, exc.row_id)
@@ -297,10 +304,28 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
                         seconds=time.perf_counter() - started)
 
 
+_TRANSIENT_RETRIES, _FIRST_WAIT = 3, 0.5
+
+
+def scan_with_retries(shard: ShardSpec, spec: JobSpec, model: LoadedModel) -> ShardOutcome:
+    """:func:`scan_shard`, scanned again with backoff (0.5 s, 1 s, 2 s) while a remote read
+    fails for a reason that may pass, before the shard counts as bad."""
+    for attempt in range(_TRANSIENT_RETRIES + 1):
+        try:
+            return scan_shard(shard, spec, model, raise_transient=attempt < _TRANSIENT_RETRIES)
+        except _TransientFailure:
+            time.sleep(_FIRST_WAIT * 2 ** attempt)
+    raise AssertionError("unreachable: the last attempt does not raise")
+
+
+class _TransientFailure(Exception):
+    pass
+
+
 def scan_and_commit(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
                     scoring: str) -> ShardOutcome:
-    """:func:`scan_shard`, then commit a finished shard so a resumed job can reuse it."""
-    outcome = scan_shard(shard, spec, model)
+    """:func:`scan_with_retries`, then commit a finished shard so a resumed job can reuse it."""
+    outcome = scan_with_retries(shard, spec, model)
     if outcome.status == "done":
         record = ShardRecord(shard.shard_id, shard_key(shard, scoring), outcome.status,
                              outcome.rows_in, outcome.rows_scored, outcome.rows_quarantined,

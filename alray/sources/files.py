@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 import uuid
 from typing import Any, Iterator, Mapping
 
 import fsspec
 import pyarrow.parquet as pq
 
-__all__ = ["open_parquet", "atomic_write", "is_local", "local_path", "join_uri", "url_to_fs",
+__all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local", "local_path", "join_uri", "url_to_fs",
            "open_file", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
@@ -35,6 +36,26 @@ def local_path(uri: str) -> str:
 
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx, resets and time-outs surface from fsspec clients as OSError or
+    TimeoutError; a missing object or a refusal does not get better by asking again."""
+    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _NOT_TRANSIENT)
+
+
+def retry_transient(fn, *args, attempts: int = 4, first_wait: float = 0.25):
+    """``fn(*args)``, retried with exponential backoff (0.25 s, 0.5 s, 1 s) on transient errors."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(first_wait * 2 ** attempt)
 
 
 def protocol_of(uri: str) -> str:

@@ -15,15 +15,16 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import Storage, url_to_fs
+from alray.sources.files import Storage, retry_transient, url_to_fs
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -117,13 +118,37 @@ def plan_image_shards(uris: Sequence[str], images_per_shard: int,
 
 def _load(fetch, source, image: ImageSpec) -> tuple[np.ndarray | None, str | None]:
     try:
-        data = fetch(source)
+        data = retry_transient(fetch, source)
     except FileNotFoundError:
         return None, "missing_object"
     try:
         return preprocess(data, image), None
     except Exception:  # Pillow raises many types for bad bytes; any of them is a bad row
         return None, "decode_error"
+
+
+def _loaded(sources: Iterable, fetch, image: ImageSpec, window: int) -> Iterator[tuple]:
+    """``(array or None, error kind or None)`` per source, in order, with up to ``window``
+    fetches and decodes in flight, so no batch boundary stalls the thread pool."""
+    in_flight: deque = deque()
+    for source in sources:
+        in_flight.append(_threads().submit(_load, fetch, source, image))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
+
+
+def _assemble(results: list[tuple], image: ImageSpec) -> tuple[np.ndarray, list]:
+    batch = np.zeros((len(results), image.channels, image.crop, image.crop), np.float32)
+    kinds = np.array([kind or "" for _, kind in results])
+    for i, (array, _) in enumerate(results):
+        if array is not None:
+            batch[i] = array
+    checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
+              ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
+               kinds == "decode_error")]
+    return batch, checks
 
 
 def decode_images(sources: list, fetch, image: ImageSpec) -> tuple[np.ndarray,
@@ -133,16 +158,7 @@ def decode_images(sources: list, fetch, image: ImageSpec) -> tuple[np.ndarray,
 
     ``fetch(source) -> bytes`` reads one image (``None`` sources are missing objects).
     """
-    results = list(_threads().map(lambda s: _load(fetch, s, image), sources))
-    batch = np.zeros((len(sources), image.channels, image.crop, image.crop), np.float32)
-    kinds = np.array([kind or "" for _, kind in results])
-    for i, (array, _) in enumerate(results):
-        if array is not None:
-            batch[i] = array
-    checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
-              ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
-               kinds == "decode_error")]
-    return batch, checks
+    return _assemble(list(_loaded(sources, fetch, image, window=4 * _FETCH_THREADS)), image)
 
 
 def read_image_shard(shard: ShardSpec, image: ImageSpec, batch_size: int,
@@ -155,9 +171,10 @@ def read_image_shard(shard: ShardSpec, image: ImageSpec, batch_size: int,
     def fetch(key: str) -> bytes:
         return fs.cat_file(f"{root}/{key}")
 
+    loaded = _loaded(shard.members, fetch, image, window=max(batch_size, 4 * _FETCH_THREADS))
     for start in range(0, len(shard.members), batch_size):
         keys = list(shard.members[start:start + batch_size])
-        values, checks = decode_images(keys, fetch, image)
+        values, checks = _assemble([next(loaded) for _ in keys], image)
         yield RowBatch(shard.first_row + start, pa.array(keys, pa.string()), values, checks)
 
 

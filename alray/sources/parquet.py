@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alray.errors import ShardError
-from alray.sources.files import Storage, open_parquet
+from alray.sources.files import Storage, is_local, is_transient, open_parquet
 from alray.sources.plan import ShardSpec
 
 if TYPE_CHECKING:
@@ -252,4 +252,5 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
         raise ShardError("missing_object", f"the file is gone: {exc}") from None
     except (OSError, pa.ArrowException) as exc:
         message = str(exc).strip().replace("\n", " ")
-        raise ShardError("unreadable", f"cannot read the file: {message}") from None
+        raise ShardError("unreadable", f"cannot read the file: {message}",
+                         transient=is_transient(exc) and not is_local(shard.uri)) from None
