@@ -134,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--image-actors", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each measurement, interleaved; the fastest counts")
     args = parser.parse_args()
@@ -164,7 +165,7 @@ def main() -> None:
             "model": {"kind": "python", "path": "benchmarks.bench_storage:tiny_cnn"},
             "scoring": {"batch_size": 64},
             "selection": {"k": 100}, "output": {"uri": "s3://bench/out-images"},
-            "resources": {"actors": 2}}
+            "resources": {"actors": args.image_actors}}
         runs = [(plain_parquet_read(fs), alray_rate(parquet_job, folder),
                  plain_image_read(fs, image), alray_rate(image_job, folder))
                 for _ in range(args.repeats)]  # interleaved: noise hits both sides alike
@@ -176,7 +177,7 @@ def main() -> None:
     print(f"parquet, {args.rows:,} rows x {DIM} float32: plain s3fs + pyarrow "
           f"{raw_rows:,.0f} rows/s; alray {job_rows:,.0f} rows/s = {job_rows / raw_rows:.2f}x")
     print(f"images, {args.images:,} JPEGs 320x240 -> 224x224: Pillow alone (8 threads) "
-          f"{raw_images:,.0f} images/s; alray with a tiny CNN {job_images:,.0f} images/s = "
+          f"{raw_images:,.0f} images/s; alray ({args.image_actors} actors) with a tiny CNN {job_images:,.0f} images/s = "
           f"{job_images / raw_images:.2f}x")
 
 
