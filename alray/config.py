@@ -13,10 +13,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
+from alray import _checks as checks
 from alray.errors import ConfigError
 from alray.scoring import SCORES
 
@@ -39,75 +40,6 @@ POOL_FORMATS = ("parquet", "images")
 IMAGE_SHARD_ROWS = 1_000  # images per shard when pool.shard_rows is not given
 
 
-# ----------------------------------------------------------------------------------- checkers
-# A checker takes (value, where) and returns the normalized value or raises ConfigError.
-
-Checker = Callable[[Any, str], Any]
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(where, f"got {_describe(value)}; expected a non-empty string")
-    return value
-
-
-def _int_at_least(minimum: int) -> Checker:
-    def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(where, f"got {_describe(value)}; expected an integer >= {minimum}")
-        return value
-
-    return check
-
-
-def _one_of(*allowed: Any) -> Checker:
-    def check(value: Any, where: str) -> Any:
-        if isinstance(value, (bool, float)) or value not in allowed:
-            choices = " | ".join(str(a) for a in allowed)
-            raise ConfigError(where, f"got {_describe(value)}; expected one of {choices}")
-        return value
-
-    return check
-
-
-def _string_list(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
-        raise ConfigError(where, f"got {_describe(value)}; expected a string or a list of strings")
-    return tuple(items)
-
-
-def _share_or_count(value: Any, where: str) -> float | int:
-    """A share in [0, 1) given as a float, or a count >= 0 given as an integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(where, f"got {_describe(value)}; expected a share in [0, 1) or a count")
-    if isinstance(value, float) and not 0.0 <= value < 1.0:
-        raise ConfigError(where, f"got {value!r}; a share must be in [0, 1), a count an integer")
-    if value < 0:
-        raise ConfigError(where, f"got {value!r}; expected a share in [0, 1) or a count >= 0")
-    return value
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(where, f"got {_describe(value)}; expected true or false")
-    return value
-
-
-def _actors(value: Any, where: str) -> int | None:
-    return None if value is None else _int_at_least(1)(value, where)
-
-
-def _gpus(value: Any, where: str) -> str | int:
-    return _one_of("auto", 0, 1)(value, where)
-
-
 # ----------------------------------------------------------------------------------- sections
 
 
@@ -116,16 +48,9 @@ def _section(cls):
     return dataclass(frozen=True, kw_only=True)(cls)
 
 
-def _spec(default: Any = dataclasses.MISSING, check: Checker | None = None):
+def _spec(default: Any = dataclasses.MISSING, check: checks.Checker | None = None):
     """A spec field; a field with no default is required."""
     return field(default=default, metadata={"check": check})
-
-
-def _float_list(value: Any, where: str) -> tuple[float, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-        raise ConfigError(where, f"got {_describe(value)}; expected a number or a list of numbers")
-    return tuple(float(v) for v in items)
 
 
 @_section
@@ -133,11 +58,11 @@ class ImageSpec:
     """Decoding and preprocessing, as torchvision users expect: EXIF orientation applied, alpha
     dropped, shorter side resized with antialiasing, center crop, scaled to [0, 1], normalized."""
 
-    mode: str = _spec("RGB", _one_of("RGB", "L"))
-    resize: int = _spec(256, _int_at_least(1))
-    crop: int = _spec(224, _int_at_least(1))
-    mean: tuple[float, ...] | None = _spec(None, _float_list)
-    std: tuple[float, ...] | None = _spec(None, _float_list)
+    mode: str = _spec("RGB", checks.one_of("RGB", "L"))
+    resize: int = _spec(256, checks.int_at_least(1))
+    crop: int = _spec(224, checks.int_at_least(1))
+    mean: tuple[float, ...] | None = _spec(None, checks.float_list)
+    std: tuple[float, ...] | None = _spec(None, checks.float_list)
 
     @property
     def channels(self) -> int:
@@ -169,14 +94,14 @@ def _image(value: Any, where: str) -> ImageSpec:
 class PoolSpec:
     """Where the pool lives and which columns to read."""
 
-    uri: tuple[str, ...] = _spec(check=_string_list)
-    format: str = _spec("parquet", _one_of(*POOL_FORMATS))
-    id_column: str = _spec("id", _string)
-    feature_column: str | None = _spec(None, _string)
-    image_column: str | None = _spec(None, _string)
-    image_uri_column: str | None = _spec(None, _string)
-    carry: tuple[str, ...] = _spec((), _string_list)
-    shard_rows: int | None = _spec(None, _int_at_least(1))
+    uri: tuple[str, ...] = _spec(check=checks.string_list)
+    format: str = _spec("parquet", checks.one_of(*POOL_FORMATS))
+    id_column: str = _spec("id", checks.string)
+    feature_column: str | None = _spec(None, checks.string)
+    image_column: str | None = _spec(None, checks.string)
+    image_uri_column: str | None = _spec(None, checks.string)
+    carry: tuple[str, ...] = _spec((), checks.string_list)
+    shard_rows: int | None = _spec(None, checks.int_at_least(1))
     image: ImageSpec | None = _spec(None, _image)
 
     @property
@@ -200,22 +125,22 @@ class PoolSpec:
 class ModelSpec:
     """The model that turns a batch of features into logits or probabilities."""
 
-    kind: str = _spec(check=_one_of(*MODEL_KINDS))
-    path: str | None = _spec(None, _string)
-    column: str | None = _spec(None, _string)
-    output: str = _spec("logits", _one_of("logits", "probs"))
+    kind: str = _spec(check=checks.one_of(*MODEL_KINDS))
+    path: str | None = _spec(None, checks.string)
+    column: str | None = _spec(None, checks.string)
+    output: str = _spec("logits", checks.one_of("logits", "probs"))
 
 
 @_section
 class ScoringSpec:
-    strategy: str = _spec("entropy", _one_of(*SCORES))
-    batch_size: int = _spec(8192, _int_at_least(1))
+    strategy: str = _spec("entropy", checks.one_of(*SCORES))
+    batch_size: int = _spec(8192, checks.int_at_least(1))
 
 
 @_section
 class SelectionSpec:
-    k: int = _spec(check=_int_at_least(1))
-    candidates: int | None = _spec(None, _int_at_least(1))
+    k: int = _spec(check=checks.int_at_least(1))
+    candidates: int | None = _spec(None, checks.int_at_least(1))
 
     @property
     def per_shard(self) -> int:
@@ -225,16 +150,16 @@ class SelectionSpec:
 
 @_section
 class OutputSpec:
-    uri: str = _spec(check=_string)
+    uri: str = _spec(check=checks.string)
 
 
 @_section
 class ResourcesSpec:
-    actors: int | None = _spec(None, _actors)
-    gpus_per_actor: str | int = _spec("auto", _gpus)
-    on_error: str = _spec("fail", _one_of("fail", "skip"))
-    max_attempts: int = _spec(3, _int_at_least(1))
-    max_quarantined: float | int = _spec(0.1, _share_or_count)
+    actors: int | None = _spec(None, checks.actors)
+    gpus_per_actor: str | int = _spec("auto", checks.gpus)
+    on_error: str = _spec("fail", checks.one_of("fail", "skip"))
+    max_attempts: int = _spec(3, checks.int_at_least(1))
+    max_quarantined: float | int = _spec(0.1, checks.share_or_count)
 
 
 _SECRETS = ("key", "secret", "token", "session_token", "access_key", "secret_key",
@@ -246,10 +171,10 @@ class S3Options:
     """The closed set of S3 options a spec may give; credentials come from the standard AWS
     environment variables, config files or instance roles, never from the spec."""
 
-    endpoint_url: str | None = _spec(None, _string)
-    region: str | None = _spec(None, _string)
-    anon: bool = _spec(False, _boolean)
-    profile: str | None = _spec(None, _string)
+    endpoint_url: str | None = _spec(None, checks.string)
+    region: str | None = _spec(None, checks.string)
+    anon: bool = _spec(False, checks.boolean)
+    profile: str | None = _spec(None, checks.string)
 
     def fsspec(self) -> dict[str, Any]:
         """The same options in s3fs's words."""
@@ -302,7 +227,7 @@ _REQUIRED_SECTIONS = ("pool", "model", "selection", "output")
 
 def _build_section(cls: type, raw: Any, where: str):
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, f"got {_describe(raw)}; expected a mapping of keys")
+        raise ConfigError(where, f"got {checks.describe(raw)}; expected a mapping of keys")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -376,7 +301,7 @@ class JobSpec:
             raise ConfigError(str(path), f"not valid YAML: {message}") from None
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise ConfigError(str(path), f"got {_describe(raw)}; the job spec must be a mapping "
+            raise ConfigError(str(path), f"got {checks.describe(raw)}; the job spec must be a mapping "
                                          "of sections (pool:, model:, selection:, output:)")
         raw.setdefault("name", path.stem)
         return cls.from_dict(raw, base_dir=path.parent, overrides=overrides, out=out)
@@ -393,7 +318,7 @@ class JobSpec:
             out: replaces ``output.uri`` (relative to the current directory), as ``--out`` does.
         """
         if not isinstance(raw, Mapping):
-            raise ConfigError("spec", f"got {_describe(raw)}; a job spec is a mapping of sections")
+            raise ConfigError("spec", f"got {checks.describe(raw)}; a job spec is a mapping of sections")
         raw = apply_overrides(raw, overrides or {})
         if out is not None:
             raw = apply_overrides(raw, {"output.uri": _resolve(out, Path.cwd())})
@@ -406,7 +331,7 @@ class JobSpec:
             if key not in raw:
                 raise ConfigError(key, "required section is missing; see DESIGN.md's job spec")
         sections = {key: _build_section(c, raw.get(key) or {}, key) for key, c in _SECTIONS.items()}
-        name = _string(raw.get("name", "alray-job"), "name")
+        name = checks.string(raw.get("name", "alray-job"), "name")
         spec = cls(name=name, **sections)
         return _check_across_sections(_resolve_paths(spec, base))
 
@@ -517,7 +442,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
                 node[part] = {}
             if not isinstance(node[part], dict):
                 raise ConfigError(".".join(parts[: i + 1]),
-                                  f"got {_describe(node[part])}; expected a section (a mapping)")
+                                  f"got {checks.describe(node[part])}; expected a section (a mapping)")
             node = node[part]
         node[parts[-1]] = value
     return result
