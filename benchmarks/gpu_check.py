@@ -44,10 +44,55 @@ def score_pool(spec: JobSpec, device: str) -> tuple[float, TopKReducer]:
     return time.perf_counter() - started, reducer
 
 
+def check_images(count: int) -> None:
+    """An image folder through the CNN of tests/models.py, on the CPU and on cuda: the same
+    scores (within float rounding) and candidates that carry the CNN's embedding."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for i in range(count):
+            photo = photos[i % 2]
+            y, x = rng.integers(0, 180), rng.integers(0, 300)
+            sink = io.BytesIO()
+            Image.fromarray(photo[y:y + 240, x:x + 320]).save(sink, format="JPEG")
+            (folder / f"{i:05d}.jpg").write_bytes(sink.getvalue())
+        from alray.sources.images import plan_image_shards
+
+        scores = {}
+        for device in ["cpu", "cuda"]:
+            spec = JobSpec.from_dict({
+                "pool": {"uri": str(folder), "format": "images", "shard_rows": count,
+                         "image": {"mode": "RGB", "resize": 256, "crop": 224}},
+                "model": {"kind": "python", "path": "tests.models:cnn_rgb"},
+                "scoring": {"batch_size": 128}, "selection": {"k": 50},
+                "output": {"uri": str(Path(tmp) / f"out-{device}")}})
+            shard = plan_image_shards(spec.pool.uri, count)[0]
+            model = load_model(spec.model, device)
+            started = time.perf_counter()
+            outcome = scan_shard(shard, spec, model)
+            seconds = time.perf_counter() - started
+            scores[device] = pq.read_table(Path(tmp) / f"out-{device}" / "scores").sort_by("id")
+            width = outcome.candidates.schema.field("embedding").type.list_size
+            print(f"images on {device}: {count} in {seconds:.2f} s = {count / seconds:,.0f} "
+                  f"images/s; candidates carry a {width}-d embedding")
+        diff = np.abs(scores["cpu"]["entropy"].to_numpy() - scores["cuda"]["entropy"].to_numpy())
+        print(f"images: max |entropy cpu - gpu| = {diff.max():.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--images", type=int, default=0, help="also check an image folder")
     args = parser.parse_args()
+    if args.images and torch.cuda.is_available():
+        check_images(args.images)
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
     with tempfile.TemporaryDirectory() as tmp:
