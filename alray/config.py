@@ -7,6 +7,7 @@ the value given and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -431,7 +432,7 @@ def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted key set (``{"scoring.strategy": "margin"}``)."""
-    result = json.loads(json.dumps(raw, default=str)) if raw else {}
+    result = copy.deepcopy(dict(raw)) if raw else {}
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         if not all(parts):

@@ -28,7 +28,7 @@ from alray.reduce import TopKReducer
 from alray.runtime.actor import ScoringActor
 from alray.runtime.progress import Progress
 from alray.runtime.resume import prepare_output, reuse_committed
-from alray.runtime.scan import ShardOutcome, error_record
+from alray.runtime.scan import ShardOutcome, bad_shard_outcome, error_record
 from alray.sources.files import Storage, url_to_fs
 from alray.sources.images import plan_image_shards
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
@@ -196,22 +196,6 @@ def _describe_first(record: dict) -> str:
             f"[{record['kind']}]; fix the input or set resources.on_error: skip")
 
 
-def _planning_outcome(shard: ShardSpec, fail_fast: bool) -> ShardOutcome:
-    kind, message = shard.problem
-    rows = shard.num_rows or 0
-    return ShardOutcome(shard.shard_id, shard.uri, "failed" if fail_fast else "quarantined",
-                        rows_in=rows, rows_quarantined=rows,
-                        errors=[error_record(shard, kind, message)])
-
-
-def _exhausted_outcome(shard: ShardSpec, attempts: int, cause: str, fail_fast: bool) -> ShardOutcome:
-    rows = shard.num_rows or 0
-    message = f"gave up after {attempts} attempts; last error: {cause}"
-    return ShardOutcome(shard.shard_id, shard.uri, "failed" if fail_fast else "quarantined",
-                        rows_in=rows, rows_quarantined=rows,
-                        errors=[error_record(shard, "retries_exhausted", message)])
-
-
 # ----------------------------------------------------------------------------------- dispatch
 
 
@@ -227,7 +211,8 @@ def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
     queue: deque[ShardSpec] = deque()
     for shard in shards:
         if shard.problem is not None:
-            state.record(_planning_outcome(shard, fail_fast))
+            state.record(bad_shard_outcome(shard, error_record(shard, *shard.problem),
+                                           fail_fast))
         elif shard.shard_id in reused:
             state.record(reused[shard.shard_id])
             state.shards_reused += 1
@@ -254,9 +239,10 @@ def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
             if attempts[shard.shard_id] < spec.resources.max_attempts:
                 queue.appendleft(shard)
             else:
-                outcome = _exhausted_outcome(shard, attempts[shard.shard_id], _cause(exc),
-                                             fail_fast)
-                state.record(outcome)
+                message = (f"gave up after {attempts[shard.shard_id]} attempts; last error: "
+                           f"{_cause(exc)}")
+                state.record(bad_shard_outcome(
+                    shard, error_record(shard, "retries_exhausted", message), fail_fast))
 
 
 # ----------------------------------------------------------------------------------- run

@@ -28,7 +28,7 @@ from alray.sources.parquet import RowBatch, ShardColumns, read_shard
 from alray.sources.plan import ShardSpec
 from alray.sources.prefetch import prefetch
 
-__all__ = ["ShardOutcome", "scan_shard", "scan_and_commit", "shard_columns", "scores_uri", "label_candidates",
+__all__ = ["ShardOutcome", "bad_shard_outcome", "scan_shard", "scan_and_commit", "shard_columns", "scores_uri", "label_candidates",
            "SCORE_COLUMNS", "CANDIDATE_COLUMNS"]
 
 SCORE_COLUMNS = ("least_confidence", "margin", "ratio", "entropy")
@@ -80,6 +80,15 @@ def error_record(shard: ShardSpec, kind: str, message: str, row: int | None = No
     """One ``errors.jsonl`` record."""
     return {"shard": shard.shard_id, "uri": shard.uri, "row": row, "id": row_id, "kind": kind,
             "message": message}
+
+
+def bad_shard_outcome(shard: ShardSpec, record: dict, fail_fast: bool, rows_read: int = 0,
+                      seconds: float = 0.0) -> ShardOutcome:
+    """A shard none of whose rows count: ``failed`` under ``fail``, else ``quarantined``, with
+    every row it holds (the footer's count, or the rows read if more) counted as quarantined."""
+    rows = max(rows_read, shard.num_rows or 0)
+    return ShardOutcome(shard.shard_id, shard.uri, "failed" if fail_fast else "quarantined",
+                        rows_in=rows, rows_quarantined=rows, errors=[record], seconds=seconds)
 
 
 # ----------------------------------------------------------------------------------- per batch
@@ -171,8 +180,11 @@ def _score_batch(batch: RowBatch, model: LoadedModel, value_name: str, rejects: 
                  else log_probs_from_probs(out))
     scores = {name: t.cpu().numpy() for name, t in score_all(log_probs).items()}
     good = np.flatnonzero(~rejected)
-    kept = None if embedding is None else embedding.float().cpu().numpy()[good]
-    return good, {name: col[good] for name, col in scores.items()}, kept
+    kept = None if embedding is None else embedding.float().cpu().numpy()
+    if len(good) < len(batch):  # gather only when a row was rejected; else keep the arrays
+        scores = {name: col[good] for name, col in scores.items()}
+        kept = None if kept is None else kept[good]
+    return good, scores, kept
 
 
 # ----------------------------------------------------------------------------------- per shard
@@ -291,12 +303,10 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, model: LoadedModel,
     except ShardError as exc:
         if exc.transient and raise_transient:
             raise _TransientFailure from exc
-        status = "failed" if fail_fast else "quarantined"
-        rows_in = max(rows_in, shard.num_rows or 0)
-        record = error_record(shard, exc.kind, str(exc), exc.row, exc.row_id)
-        return ShardOutcome(shard.shard_id, shard.uri, status, rows_in=rows_in,
-                            rows_quarantined=rows_in, errors=[record],
-                            seconds=time.perf_counter() - started)
+        return bad_shard_outcome(shard, error_record(shard, exc.kind, str(exc), exc.row,
+                                                     exc.row_id),
+                                 fail_fast, rows_read=rows_in,
+                                 seconds=time.perf_counter() - started)
     quarantined = len(rejects.records)
     return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=rows_in,
                         rows_scored=rows_in - quarantined, rows_quarantined=quarantined,
