@@ -6,6 +6,7 @@ Nothing here holds a filesystem across processes: each call resolves its URI ane
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import time
@@ -15,8 +16,8 @@ from typing import Any, Iterator, Mapping
 import fsspec
 import pyarrow.parquet as pq
 
-__all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local", "local_path", "join_uri", "url_to_fs",
-           "open_file", "Storage"]
+__all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
+           "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
 #: ``storage`` section; never holds credentials.
@@ -66,6 +67,18 @@ def url_to_fs(uri: str, storage: Storage | None = None):
     """``(filesystem, path)`` for ``uri``, with the options the spec gives for its protocol."""
     options = (storage or {}).get(protocol_of(uri), {})
     return fsspec.core.url_to_fs(uri, **options)
+
+
+def read_object(fs, path: str) -> bytes:
+    """The whole object at ``path``, in one request where the filesystem allows it.
+
+    s3fs's ``cat_file`` asks for the object's size first (a HEAD, or a scan of its listing cache,
+    which is linear in the folder's size) so it can split large objects into ranged GETs; for
+    images of tens of kilobytes that doubles the requests, so it is told to make a single GET.
+    """
+    if "max_concurrency" in inspect.signature(fs.cat_file).parameters:
+        return fs.cat_file(path, max_concurrency=1)
+    return fs.cat_file(path)
 
 
 @contextlib.contextmanager

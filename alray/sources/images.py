@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import Storage, retry_transient, url_to_fs
+from alray.sources.files import Storage, read_object, retry_transient, url_to_fs
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -169,7 +169,7 @@ def read_image_shard(shard: ShardSpec, image: ImageSpec, batch_size: int,
     fs, root = url_to_fs(shard.uri, storage)
 
     def fetch(key: str) -> bytes:
-        return fs.cat_file(f"{root}/{key}")
+        return read_object(fs, f"{root}/{key}")
 
     loaded = _loaded(shard.members, fetch, image, window=max(batch_size, 4 * _FETCH_THREADS))
     for start in range(0, len(shard.members), batch_size):
@@ -185,6 +185,6 @@ def fetch_uri(storage: Storage | None):
         if uri is None:
             raise FileNotFoundError("null image URI")
         fs, path = url_to_fs(uri, storage)
-        return fs.cat_file(path)
+        return read_object(fs, path)
 
     return fetch
