@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -124,14 +125,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server():
+@contextlib.contextmanager
+def _moto_server(**env: str):
     """moto's S3 server on 127.0.0.1 (as s3fs's own tests run it); yields its endpoint URL."""
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
                                "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, env={**os.environ, **env})
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -146,6 +147,21 @@ def s3_server():
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server that accepts any credentials."""
+    with _moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_strict_server():
+    """An S3 server that checks credentials (moto's IAM checks on from the first request): it
+    knows no access key, so it refuses the tests' credentials."""
+    with _moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

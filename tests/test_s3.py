@@ -79,3 +79,35 @@ def test_missing_bucket_is_a_clear_error(tmp_path, s3, s3_server):
 def test_credentials_in_the_spec_are_refused(tmp_path):
     with pytest.raises(alray.ConfigError, match="storage.s3.secret: credentials are refused"):
         alray.JobSpec.from_yaml(write_spec(tmp_path, storage={"s3": {"secret": "x"}}))
+
+
+@pytest.mark.parametrize("where", ["model.path", "pool.uri", "output.uri"])
+def test_refused_credentials_are_a_clear_error(tmp_path, s3_strict_server, where):
+    """The server checks credentials and knows none: whichever path is on it, the job stops
+    before any work with one line naming the field, the server's reason and what to check."""
+    write_pool(tmp_path / "pool", [40], dim=8)
+    write_head(tmp_path / "head.safetensors", classes=3, dim=8)
+    remote = {"model.path": {"model": {"path": "s3://models/head.safetensors"}},
+              "pool.uri": {"pool": {"uri": "s3://pools/digits/"}},
+              "output.uri": {"output": {"uri": "s3://results/run-1"}}}[where]
+    spec = alray.JobSpec.from_yaml(write_spec(
+        tmp_path, storage={"s3": {"endpoint_url": s3_strict_server}}, **remote))
+    uri = next(iter(next(iter(remote.values())).values()))
+    with pytest.raises(alray.ConfigError) as refused:
+        alray.run(spec)
+    message = str(refused.value)
+    assert message.startswith(f"{where}: access to {uri!r} was refused (")
+    assert "AWS_ACCESS_KEY_ID" in message and "\n" not in message
+    assert S3_SECRET not in message and S3_KEY not in message
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_refused_credentials_on_an_image_pool(tmp_path, s3_strict_server):
+    spec = alray.JobSpec.from_yaml(write_spec(
+        tmp_path, pool={"uri": "s3://pools/photos/", "format": "images", "feature_column": None},
+        model={"kind": "python", "path": "tests.models:cnn_rgb"},
+        storage={"s3": {"endpoint_url": s3_strict_server}}))
+    with pytest.raises(alray.ConfigError,
+                       match=r"^pool\.uri: access to 's3://pools/photos/' was refused \(The AWS "
+                             r"Access Key Id you provided does not exist"):
+        alray.run(spec)

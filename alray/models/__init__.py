@@ -26,7 +26,7 @@ import torch
 
 from alray.config import ModelSpec
 from alray.errors import ConfigError, ModelError
-from alray.sources.files import Storage, open_file, url_to_fs
+from alray.sources.files import Storage, access_refusals, open_file, url_to_fs
 
 __all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "check_model_source", "as_two_classes"]
 
@@ -183,6 +183,11 @@ def check_model_source(spec: ModelSpec, storage: Storage | None = None) -> None:
     if spec.kind in ("python", "precomputed"):
         return
     fs, path = url_to_fs(spec.path, storage)
-    if not fs.isfile(path):
+    with access_refusals("model.path", spec.path):
+        try:
+            is_file = fs.info(path)["type"] == "file"
+        except FileNotFoundError:
+            is_file = False
+    if not is_file:
         raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
                                         f"{spec.kind} model's weights")

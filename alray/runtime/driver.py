@@ -29,7 +29,7 @@ from alray.runtime.actor import ScoringActor
 from alray.runtime.progress import Progress
 from alray.runtime.resume import prepare_output, reuse_committed
 from alray.runtime.scan import ShardOutcome, bad_shard_outcome, error_record
-from alray.sources.files import Storage, url_to_fs
+from alray.sources.files import Storage, access_refusals, url_to_fs
 from alray.sources.images import plan_image_shards
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
 
@@ -332,7 +332,8 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
     image_shards = (plan_image_shards(spec.pool.uri, spec.pool.rows_per_shard, storage)
                     if images else None)
     scoring = scoring_hash(spec)
-    _clear_stale_outputs(spec.output.uri, storage)
+    with access_refusals("output.uri", spec.output.uri):
+        _clear_stale_outputs(spec.output.uri, storage)
     connect(address)
     count, options = _actor_plan(spec)
     # Actors load the model while the driver reads footers; more come if files split into shards.
@@ -341,8 +342,10 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
         shards = image_shards or plan_shards(files, spec.pool.rows_per_shard, storage,
                                              id_column=spec.pool.id_column)
         state = _JobState(spec, shards)
-        reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
-        write_job_json(spec.output.uri, _running_record(spec, state, started, reused), storage)
+        with access_refusals("output.uri", spec.output.uri):
+            reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
+            write_job_json(spec.output.uri, _running_record(spec, state, started, reused),
+                           storage)
         pool.grow(min(count, len(shards) - len(reused)))
         pool.wait_ready()
         scoring_started = time.perf_counter()

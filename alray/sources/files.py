@@ -16,8 +16,11 @@ from typing import Any, Iterator, Mapping
 import fsspec
 import pyarrow.parquet as pq
 
+from alray.errors import ConfigError
+
 __all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
-           "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "Storage"]
+           "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "access_refusals",
+           "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
 #: ``storage`` section; never holds credentials.
@@ -57,6 +60,26 @@ def retry_transient(fn, *args, attempts: int = 4, first_wait: float = 0.25):
             if attempt == attempts - 1 or not is_transient(exc):
                 raise
             time.sleep(first_wait * 2 ** attempt)
+
+
+_CREDENTIALS_HINT = {
+    "s3": "alray signs with the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+          "else AWS_PROFILE or storage.s3.profile, else the instance's role; check that they "
+          "exist and may use this bucket",
+}
+
+
+@contextlib.contextmanager
+def access_refusals(where: str, uri: str):
+    """Turn the storage refusing ``uri`` (bad or missing credentials, no permission) into a
+    one-line :class:`~alray.errors.ConfigError` that names ``where`` and what to check."""
+    try:
+        yield
+    except PermissionError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "permission denied"
+        hint = _CREDENTIALS_HINT.get(protocol_of(uri), "check that the user running alray may "
+                                                        "read and write there")
+        raise ConfigError(where, f"access to {uri!r} was refused ({reason}); {hint}") from None
 
 
 def protocol_of(uri: str) -> str:

@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import Storage, read_object, retry_transient, url_to_fs
+from alray.sources.files import (Storage, access_refusals, read_object, retry_transient,
+                                 url_to_fs)
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -97,7 +98,8 @@ def plan_image_shards(uris: Sequence[str], images_per_shard: int,
     """
     shards = []
     for uri in uris:
-        root, keys = _root_and_keys(uri, storage)
+        with access_refusals("pool.uri", uri):
+            root, keys = _root_and_keys(uri, storage)
         stem = posixpath.basename(root.rstrip("/")) or "images"
         digest = hashlib.sha1(root.encode()).hexdigest()[:8]
         for first in range(0, len(keys), images_per_shard):

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 
 from alray.errors import ConfigError
-from alray.sources.files import Storage, open_parquet, url_to_fs
+from alray.sources.files import Storage, access_refusals, open_parquet, url_to_fs
 
 __all__ = ["PoolFile", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
 
@@ -92,6 +92,11 @@ def _pool_file(fs, path: str, info: dict) -> PoolFile:
 
 
 def _list_one(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
+    with access_refusals("pool.uri", uri):
+        return _list_files(uri, suffix, storage)
+
+
+def _list_files(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
     fs, path = url_to_fs(uri, storage)
     fs.invalidate_cache()  # object-store listings are cached per process; plan from fresh ones
     if any(c in path for c in _GLOB_CHARS):
