@@ -98,6 +98,44 @@ def test_exif_orientation_is_applied_and_alpha_dropped():
     assert np.allclose(preprocess(png_bytes(rgba), spec), preprocess(png_bytes(pixels), spec))
 
 
+# ----------------------------------------------------------------------------------- planning
+
+
+def test_s3_listing_is_paged_and_plans_as_local(tmp_path, s3, s3_server):
+    """Planning an s3:// prefix pages through the listing (7 keys a page here), caches no listing
+    dicts, and gives the same shards as the same folder on disk; globs select alike on both."""
+    from alray.sources.files import iter_names, url_to_fs
+    from alray.sources.images import plan_image_shards
+
+    write_digit_folder(tmp_path / "digits", count=30)
+    s3.mkdir("photos")
+    uploaded = []
+    for path in sorted((tmp_path / "digits").rglob("*")):
+        if path.is_file():
+            uploaded.append(f"photos/set/{path.relative_to(tmp_path / 'digits')}")
+            s3.put_file(str(path), uploaded[-1])
+    storage = {"s3": {"endpoint_url": s3_server}}
+    fs, root = url_to_fs("s3://photos/set/", storage)
+    fs.invalidate_cache()
+    paged = list(iter_names(fs, root, page_size=7))
+    assert paged == sorted(uploaded) and len(paged) == 32
+    assert not fs.dircache
+    selected = {}
+    for pattern in ("", "even/*.png", "*/digit-01*.png", "**/*.jpg"):
+        local = plan_image_shards([f"{tmp_path}/digits/{pattern}"], 8)
+        remote = plan_image_shards([f"s3://photos/set/{pattern}"], 8, storage)
+        assert [(s.members, s.first_row, s.version) for s in remote] == \
+               [(s.members, s.first_row, s.version) for s in local], pattern
+        selected[pattern] = [key for shard in remote for key in shard.members]
+    assert not fs.dircache
+    assert len(selected[""]) == 31  # the hidden folder is skipped
+    assert selected["*/digit-01*.png"] == [f"{'even' if i % 2 == 0 else 'odd'}/digit-{i:03d}.png"
+                                           for i in (10, 12, 14, 16, 18, 11, 13, 15, 17, 19)]
+    assert selected["**/*.jpg"] == ["odd/broken.jpg"]
+    with pytest.raises(alray.ConfigError, match=r"^pool\.uri: nothing at 's3://nobucket/x/'"):
+        plan_image_shards(["s3://nobucket/x/"], 8, storage)
+
+
 # ----------------------------------------------------------------------------------- jobs
 
 

@@ -20,7 +20,7 @@ from alray.errors import ConfigError
 
 __all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
            "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "access_refusals",
-           "Storage"]
+           "iter_names", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
 #: ``storage`` section; never holds credentials.
@@ -102,6 +102,31 @@ def read_object(fs, path: str) -> bytes:
     if "max_concurrency" in inspect.signature(fs.cat_file).parameters:
         return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
+
+
+_LIST_PAGE = 1000  # S3's own maximum per ListObjectsV2 call
+
+
+def iter_names(fs, root: str, page_size: int = _LIST_PAGE) -> Iterator[str]:
+    """Every object's path under the folder ``root``, recursively, in the client's order.
+
+    On S3 the listing is paged (``page_size`` keys per request) and only names are kept, so a
+    prefix of millions of objects never sits in memory as listing dicts; s3fs's own ``find``
+    (and ``isdir``) would build one dict per object and cache them all. Other filesystems use
+    ``find``.
+    """
+    if not hasattr(fs, "call_s3"):
+        yield from (fs.find(root) if fs.isdir(root) else ())
+        return
+    bucket, _, prefix = root.strip("/").partition("/")
+    request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else "", "MaxKeys": page_size}
+    while True:
+        page = fs.call_s3("list_objects_v2", **request)
+        for entry in page.get("Contents", ()):
+            yield f"{bucket}/{entry['Key']}"
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 @contextlib.contextmanager

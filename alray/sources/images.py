@@ -15,17 +15,19 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+from fsspec.utils import glob_translate
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import (Storage, access_refusals, read_object, retry_transient,
-                                 url_to_fs)
+from alray.sources.files import (Storage, access_refusals, iter_names, read_object,
+                                 retry_transient, url_to_fs)
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -76,16 +78,25 @@ def _root_and_keys(uri: str, storage: Storage | None) -> tuple[str, list[str]]:
     """The listing root's URI and the sorted image keys under it, relative to the root."""
     fs, path = url_to_fs(uri, storage)
     fs.invalidate_cache()
+    names = None
     if any(c in path for c in "*?["):
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        root, found = path.rstrip("/"), fs.find(path)  # paged by the client; names only
+        pattern = re.compile(glob_translate(path))
+        names = (name for name in iter_names(fs, root) if pattern.match(name))
     else:
+        root = path.rstrip("/")
+    keys, found_any = [], False
+    try:
+        for name in names if names is not None else iter_names(fs, root):
+            found_any = True
+            key = name[len(root):].lstrip("/")
+            if key.lower().endswith(IMAGE_SUFFIXES) and not is_hidden(key):
+                keys.append(key)
+    except FileNotFoundError:  # no such bucket
+        found_any = False
+    if not found_any:
         raise ConfigError("pool.uri", f"nothing at {uri!r}; give a folder or glob of images")
-    keys = sorted(p[len(root):].lstrip("/") for p in found
-                  if p.lower().endswith(IMAGE_SUFFIXES))
-    keys = [k for k in keys if not is_hidden(k)]
+    keys.sort()
     return fs.unstrip_protocol(root), keys
 
 
