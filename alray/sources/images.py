@@ -20,9 +20,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Sequence
 
-from fsspec.utils import glob_translate
 import numpy as np
 import pyarrow as pa
+from fsspec.utils import glob_translate
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
