@@ -7,6 +7,7 @@ line on stderr (``alray: error: <where>: <what>; <what to do>``); ``--debug`` ad
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     status = commands.add_parser("status", help="progress of a running or stopped job")
-    status.add_argument("out", metavar="OUT", help="the job's output folder")
+    status.add_argument("out", metavar="OUT|SPEC",
+                        help="the job's output folder, or its spec (.yaml: its output.uri, with "
+                             "its storage options)")
     status.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
@@ -58,9 +61,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from alray.config import JobSpec
     from alray.status import format_status, job_status
 
-    print(format_status(job_status(args.out), args.out))
+    if args.out.endswith((".yaml", ".yml")) and os.path.isfile(args.out):
+        spec = JobSpec.from_yaml(args.out)
+        output_uri, storage = spec.output.uri, spec.fsspec_storage
+    else:
+        output_uri, storage = args.out, None
+    print(format_status(job_status(output_uri, storage), output_uri))
     return EXIT_OK
 
 

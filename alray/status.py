@@ -1,4 +1,5 @@
-"""``alray status OUT``: progress of a running or stopped job, from its output folder alone."""
+"""``alray status OUT|SPEC``: progress of a running or stopped job, from its output folder alone
+(given directly, or as the job spec that names it and its storage options)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import json
 import os
 import socket
 
-import fsspec
-
 from alray.errors import ConfigError
 from alray.output.commits import load_records
+from alray.sources.files import Storage, access_refusals, url_to_fs
 
 __all__ = ["job_status", "format_status"]
 
@@ -28,19 +28,21 @@ def _driver_alive(job: dict) -> bool | None:
     return True
 
 
-def job_status(output_uri: str) -> dict:
+def job_status(output_uri: str, storage: Storage | None = None) -> dict:
     """The job's state: ``status``, shard and row counts, rows per second, from ``job.json`` and
-    the commit records."""
-    fs, root = fsspec.core.url_to_fs(output_uri)
+    the commit records; ``storage`` holds the spec's fsspec options (an S3 endpoint, say)."""
+    fs, root = url_to_fs(output_uri, storage)
     try:
-        job = json.loads(fs.cat_file(f"{root}/job.json"))
+        with access_refusals("OUT", output_uri):
+            job = json.loads(fs.cat_file(f"{root}/job.json"))
     except FileNotFoundError:
-        raise ConfigError("OUT", f"no job.json under {output_uri!r}; give a job's output folder")
+        raise ConfigError("OUT", f"no job.json under {output_uri!r}; give a job's output folder "
+                                 "or its spec") from None
     if job["status"] != "running":
         return {"name": job["name"], "status": job["status"], **job["counts"],
                 "shards_reused": job.get("shards_reused", 0), "shards_left": 0,
                 "rows_per_second": job["rows_per_second"], "error": job.get("error")}
-    records = [r for r in load_records(output_uri).values() if r.status == "done"]
+    records = [r for r in load_records(output_uri, storage).values() if r.status == "done"]
     started = dt.datetime.fromisoformat(job["started"])
     elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     rows_done = sum(r.rows_in for r in records)

@@ -9,6 +9,7 @@ import pytest
 
 import alray
 from tests.conftest import S3_KEY, S3_SECRET, write_head, write_pool, write_spec
+from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -65,6 +66,24 @@ def test_credentials_never_reach_outputs(tmp_path, s3, s3_server):
         assert S3_SECRET.encode() not in blob and S3_KEY.encode() not in blob, path
     job = json.loads(s3.cat_file("results/run-1/job.json"))
     assert job["spec"]["storage"]["s3"]["endpoint_url"] == s3_server
+
+
+def test_status_of_a_job_on_s3_from_its_spec(tmp_path, s3, s3_server):
+    """`alray status SPEC` reads output.uri with the spec's storage options (the server's
+    endpoint), which a bare s3:// folder would lack."""
+    write_pool(tmp_path / "pool", [30, 20], dim=8)
+    write_head(tmp_path / "head.safetensors", classes=3, dim=8)
+    for bucket in ("pools", "models", "results"):
+        s3.mkdir(bucket)
+    upload(s3, tmp_path / "pool", "pools/digits")
+    s3.put_file(str(tmp_path / "head.safetensors"), "models/head.safetensors")
+    spec_path = s3_spec(tmp_path, s3_server)
+    alray.run(alray.JobSpec.from_yaml(spec_path))
+    done = run_cli("status", spec_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "test-job: succeeded (s3://results/run-1)"
+    assert "2 done (0 reused), 0 quarantined, 0 left of 2" in done.stdout
+    assert "50 scored, 0 quarantined" in done.stdout
 
 
 def test_missing_bucket_is_a_clear_error(tmp_path, s3, s3_server):
