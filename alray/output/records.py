@@ -35,8 +35,12 @@ class ErrorLog:
         try:
             atomic_write(uri, self._spool.read(), storage)
         finally:
-            self._spool.close()
+            self.close()
         return uri
+
+    def close(self) -> None:
+        """Release the spool without writing it (a job that stopped with an exception)."""
+        self._spool.close()
 
 
 def write_selection(output_uri: str, selected: pa.Table | None, carry: tuple[str, ...],

@@ -338,6 +338,7 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
     count, options = _actor_plan(spec)
     # Actors load the model while the driver reads footers; more come if files split into shards.
     pool = _ActorPool(spec, min(count, len(files) or len(image_shards)), options, scoring)
+    state = None
     try:
         shards = image_shards or plan_shards(files, spec.pool.rows_per_shard, storage,
                                              id_column=spec.pool.id_column)
@@ -351,6 +352,10 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
         scoring_started = time.perf_counter()
         _dispatch(state, pool, shards, reused)
         state.scoring_seconds = time.perf_counter() - scoring_started
+    except BaseException:
+        if state is not None:
+            state.errors.close()
+        raise
     finally:
         pool.shutdown()
     state.progress.close()
