@@ -6,6 +6,7 @@ Nothing here holds a filesystem across processes: each call resolves its URI ane
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import os
@@ -99,9 +100,14 @@ def read_object(fs, path: str) -> bytes:
     which is linear in the folder's size) so it can split large objects into ranged GETs; for
     images of tens of kilobytes that doubles the requests, so it is told to make a single GET.
     """
-    if "max_concurrency" in inspect.signature(fs.cat_file).parameters:
+    if _splits_large_objects(type(fs)):
         return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
+
+
+@functools.cache
+def _splits_large_objects(filesystem: type) -> bool:
+    return "max_concurrency" in inspect.signature(filesystem.cat_file).parameters
 
 
 _LIST_PAGE = 1000  # S3's own maximum per ListObjectsV2 call

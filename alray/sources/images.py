@@ -78,16 +78,15 @@ def _root_and_keys(uri: str, storage: Storage | None) -> tuple[str, list[str]]:
     """The listing root's URI and the sorted image keys under it, relative to the root."""
     fs, path = url_to_fs(uri, storage)
     fs.invalidate_cache()
-    names = None
-    if any(c in path for c in "*?["):
-        root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        pattern = re.compile(glob_translate(path))
-        names = (name for name in iter_names(fs, root) if pattern.match(name))
-    else:
-        root = path.rstrip("/")
+    glob = any(c in path for c in "*?[")
+    root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] if glob else path
+    root = root.rstrip("/")
+    names = iter_names(fs, root)
+    if glob:
+        names = filter(re.compile(glob_translate(path)).match, names)
     keys, found_any = [], False
     try:
-        for name in names if names is not None else iter_names(fs, root):
+        for name in names:
             found_any = True
             key = name[len(root):].lstrip("/")
             if key.lower().endswith(IMAGE_SUFFIXES) and not is_hidden(key):
