@@ -136,6 +136,34 @@ def test_s3_listing_is_paged_and_plans_as_local(tmp_path, s3, s3_server):
         plan_image_shards(["s3://nobucket/x/"], 8, storage)
 
 
+def test_each_image_is_one_get_request(s3, s3_server):
+    """Unless told otherwise s3fs looks an object's size up (a HEAD) before each GET; reading an
+    image shard makes exactly one GetObject per image, counted by botocore's own event hooks."""
+    from alray.sources.files import url_to_fs
+    from alray.sources.images import plan_image_shards, read_image_shard
+
+    s3.mkdir("photos")
+    for i, image in enumerate(digit_images(12)):
+        s3.pipe_file(f"photos/d/{i:02d}.png", png_bytes(image))
+    storage = {"s3": {"endpoint_url": s3_server}}
+    [shard] = plan_image_shards(["s3://photos/d/"], 100, storage)
+    fs, _ = url_to_fs("s3://photos/d/", storage)
+    fs.invalidate_cache()
+    calls = []
+
+    def count(model, **_):
+        calls.append(model.name)
+
+    fs.s3.meta.events.register("before-call.s3", count)
+    try:
+        batches = list(read_image_shard(shard, ImageSpec(**GRAY), 5, storage))
+    finally:
+        fs.s3.meta.events.unregister("before-call.s3", count)
+    assert sum(len(b) for b in batches) == 12
+    assert not any(mask.any() for b in batches for _, _, mask in b.bad)
+    assert calls == ["GetObject"] * 12
+
+
 # ----------------------------------------------------------------------------------- jobs
 
 

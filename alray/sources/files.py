@@ -6,7 +6,6 @@ Nothing here holds a filesystem across processes: each call resolves its URI ane
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import io
 import os
@@ -100,14 +99,22 @@ def read_object(fs, path: str) -> bytes:
     which is linear in the folder's size) so it can split large objects into ranged GETs; for
     images of tens of kilobytes that doubles the requests, so it is told to make a single GET.
     """
-    if _splits_large_objects(type(fs)):
+    if _splits_large_objects(fs):
         return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
 
 
-@functools.cache
-def _splits_large_objects(filesystem: type) -> bool:
-    return "max_concurrency" in inspect.signature(filesystem.cat_file).parameters
+_SPLITS_LARGE_OBJECTS: dict[type, bool] = {}
+
+
+def _splits_large_objects(fs) -> bool:
+    """Whether ``fs.cat_file`` takes ``max_concurrency`` (asked once per filesystem class; the
+    instance is inspected because async filesystems build their sync methods per instance)."""
+    kind = type(fs)
+    if kind not in _SPLITS_LARGE_OBJECTS:
+        parameters = inspect.signature(fs.cat_file).parameters
+        _SPLITS_LARGE_OBJECTS[kind] = "max_concurrency" in parameters
+    return _SPLITS_LARGE_OBJECTS[kind]
 
 
 _LIST_PAGE = 1000  # S3's own maximum per ListObjectsV2 call
