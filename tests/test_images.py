@@ -221,7 +221,8 @@ def test_parquet_of_image_bytes_and_of_image_uris(tmp_path, s3, s3_server):
     s3.mkdir("crops")
     for i, blob in enumerate(blobs[:len(crops)]):
         s3.pipe_file(f"crops/{i}.jpg", blob)
-    uris = [f"s3://crops/{i}.jpg" for i in range(len(crops))] + ["s3://crops/gone.jpg"]
+    uris = [f"s3://crops/{i}.jpg" for i in range(len(crops))] + [
+        "s3://crops/gone.jpg", str(tmp_path / "pool"), "nosuch://crops/0.jpg"]
     pq.write_table(pa.table({"id": np.arange(len(uris)), "uri": uris}),
                    tmp_path / "pool" / "photos.parquet")
     spec = image_spec(tmp_path, "./pool/", image=RGB, factory="cnn_rgb", image_uri_column="uri")
@@ -229,4 +230,7 @@ def test_parquet_of_image_bytes_and_of_image_uris(tmp_path, s3, s3_server):
         "storage.s3.endpoint_url": s3_server}, out=str(tmp_path / "out-uri")))
     assert by_uri.selection.column("id").equals(result.selection.column("id"))
     errors = [json.loads(line) for line in (tmp_path / "out-uri" / "errors.jsonl").open()]
-    assert [(e["kind"], e["row"]) for e in errors] == [("missing_object", len(crops))]
+    assert [(e["kind"], e["row"]) for e in errors] == [  # a folder, a protocol nobody knows
+        ("missing_object", len(crops)), ("unreadable", len(crops) + 1),
+        ("unreadable", len(crops) + 2)]
+    assert by_uri.counts["rows_in"] == len(uris) and by_uri.counts["rows_quarantined"] == 3

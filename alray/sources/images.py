@@ -7,7 +7,8 @@ Output per image: ``[C, crop, crop]`` float32. Fetching and decoding run in a th
 (Pillow and the object-store client release the GIL).
 
 A bad image is a bad row, never a crash: ``missing_object`` when the object is gone,
-``decode_error`` when Pillow cannot read it.
+``unreadable`` when the store refuses it or it is no file, ``decode_error`` when Pillow cannot
+read it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def _load(fetch, source, image: ImageSpec) -> tuple[np.ndarray | None, str | Non
         data = retry_transient(fetch, source)
     except FileNotFoundError:
         return None, "missing_object"
+    except (PermissionError, IsADirectoryError, NotADirectoryError, ValueError):
+        return None, "unreadable"  # refused, a folder, or a URI no filesystem takes
     try:
         return preprocess(data, image), None
     except Exception:  # Pillow raises many types for bad bytes; any of them is a bad row
@@ -158,6 +161,8 @@ def _assemble(results: list[tuple], image: ImageSpec) -> tuple[np.ndarray, list]
         if array is not None:
             batch[i] = array
     checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
+              ("unreadable", "cannot read the image object (access refused, not a file, or not "
+                             "a URI alray can open)", kinds == "unreadable"),
               ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
                kinds == "decode_error")]
     return batch, checks
