@@ -20,7 +20,7 @@ from alray.errors import ConfigError
 
 __all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
            "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "access_refusals",
-           "iter_names", "Storage"]
+           "iter_names", "is_glob", "glob_root", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
 #: ``storage`` section; never holds credentials.
@@ -115,6 +115,19 @@ def _splits_large_objects(fs) -> bool:
         parameters = inspect.signature(fs.cat_file).parameters
         _SPLITS_LARGE_OBJECTS[kind] = "max_concurrency" in parameters
     return _SPLITS_LARGE_OBJECTS[kind]
+
+
+_GLOB_CHARS = "*?["
+
+
+def is_glob(path: str) -> bool:
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def glob_root(path: str) -> str:
+    """The folder a glob is listed from: ``path`` up to the last '/' before its first wildcard."""
+    first = min((i for i in map(path.find, _GLOB_CHARS) if i >= 0), default=len(path))
+    return path[:first].rsplit("/", 1)[0]
 
 
 _LIST_PAGE = 1000  # S3's own maximum per ListObjectsV2 call

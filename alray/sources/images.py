@@ -27,8 +27,8 @@ from fsspec.utils import glob_translate
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import (Storage, access_refusals, iter_names, read_object,
-                                 retry_transient, url_to_fs)
+from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, iter_names,
+                                 read_object, retry_transient, url_to_fs)
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -79,11 +79,9 @@ def _root_and_keys(uri: str, storage: Storage | None) -> tuple[str, list[str]]:
     """The listing root's URI and the sorted image keys under it, relative to the root."""
     fs, path = url_to_fs(uri, storage)
     fs.invalidate_cache()
-    glob = any(c in path for c in "*?[")
-    root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] if glob else path
-    root = root.rstrip("/")
+    root = (glob_root(path) if is_glob(path) else path).rstrip("/")
     names = iter_names(fs, root)
-    if glob:
+    if is_glob(path):
         names = filter(re.compile(glob_translate(path)).match, names)
     keys, found_any = [], False
     try:

@@ -17,11 +17,11 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 
 from alray.errors import ConfigError
-from alray.sources.files import Storage, access_refusals, open_parquet, url_to_fs
+from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, open_parquet,
+                                 url_to_fs)
 
 __all__ = ["PoolFile", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
 
-_GLOB_CHARS = "*?["
 _FOOTER_THREADS = 16
 
 
@@ -99,9 +99,9 @@ def _list_one(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
 def _list_files(uri: str, suffix: str, storage: Storage) -> list[PoolFile]:
     fs, path = url_to_fs(uri, storage)
     fs.invalidate_cache()  # object-store listings are cached per process; plan from fresh ones
-    if any(c in path for c in _GLOB_CHARS):
+    if is_glob(path):
         found = fs.glob(path, detail=True)
-        root = path.split("*")[0].rsplit("/", 1)[0]
+        root = glob_root(path)
     elif fs.isdir(path):
         found = fs.find(path, detail=True)
         root = path
