@@ -39,6 +39,10 @@ def test_globs_lists_and_single_files(tmp_path):
     assert len(by_glob) == 2
     both = list_pool_files([str(paths[2]), str(tmp_path / "p")])  # overlap counted once
     assert len(both) == 3
+    write_pool(tmp_path / "g" / "ax", [2])
+    write_pool(tmp_path / "g" / "_x", [2])  # hidden, though '?x' matches it
+    by_wildcard_folder = list_pool_files([str(tmp_path / "g" / "?x" / "*.parquet")])
+    assert [f.uri.split("/g/")[1] for f in by_wildcard_folder] == ["ax/part-000.parquet"]
 
 
 def test_nothing_there_is_a_config_error(tmp_path):
