@@ -222,7 +222,7 @@ def test_parquet_of_image_bytes_and_of_image_uris(tmp_path, s3, s3_server):
     for i, blob in enumerate(blobs[:len(crops)]):
         s3.pipe_file(f"crops/{i}.jpg", blob)
     uris = [f"s3://crops/{i}.jpg" for i in range(len(crops))] + [
-        "s3://crops/gone.jpg", str(tmp_path / "pool"), "nosuch://crops/0.jpg"]
+        "s3://crops/gone.jpg", str(tmp_path / "pool"), "nosuch://crops/0.jpg", "s3://crops/"]
     pq.write_table(pa.table({"id": np.arange(len(uris)), "uri": uris}),
                    tmp_path / "pool" / "photos.parquet")
     spec = image_spec(tmp_path, "./pool/", image=RGB, factory="cnn_rgb", image_uri_column="uri")
@@ -230,7 +230,8 @@ def test_parquet_of_image_bytes_and_of_image_uris(tmp_path, s3, s3_server):
         "storage.s3.endpoint_url": s3_server}, out=str(tmp_path / "out-uri")))
     assert by_uri.selection.column("id").equals(result.selection.column("id"))
     errors = [json.loads(line) for line in (tmp_path / "out-uri" / "errors.jsonl").open()]
-    assert [(e["kind"], e["row"]) for e in errors] == [  # a folder, a protocol nobody knows
+    assert [(e["kind"], e["row"]) for e in errors] == [  # a folder, an unknown protocol, no key
         ("missing_object", len(crops)), ("unreadable", len(crops) + 1),
-        ("unreadable", len(crops) + 2)]
-    assert by_uri.counts["rows_in"] == len(uris) and by_uri.counts["rows_quarantined"] == 3
+        ("unreadable", len(crops) + 2), ("unreadable", len(crops) + 3)]
+    assert "first cause in its batch: [Errno 21] Is a directory" in errors[1]["message"]
+    assert by_uri.counts["rows_in"] == len(uris) and by_uri.counts["rows_quarantined"] == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
 import fsspec
@@ -174,3 +175,14 @@ def test_transient_errors_are_retried_with_backoff_and_others_are_not():
     with pytest.raises(FileNotFoundError):
         retry_transient(flaky, 9, FileNotFoundError, first_wait=0.001)
     assert len(calls) == 1  # a missing object is final
+
+
+def test_malformed_requests_are_not_transient(s3, s3_server):
+    """s3fs maps S3's 4xx "invalid" codes to EINVAL; asking again would not help. A real one from
+    the S3 server: a bucket name that is too short."""
+    from alray.sources.files import is_transient
+
+    with pytest.raises(OSError) as invalid:
+        s3.mkdir("ab")  # bucket names have 3 to 63 characters
+    assert invalid.value.errno == errno.EINVAL and not is_transient(invalid.value)
+    assert is_transient(OSError(errno.EIO, "503 Slow Down")) and is_transient(TimeoutError())

@@ -6,6 +6,7 @@ Nothing here holds a filesystem across processes: each call resolves its URI ane
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import io
 import os
@@ -47,8 +48,11 @@ _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Perm
 
 def is_transient(exc: BaseException) -> bool:
     """Throttling, 5xx, resets and time-outs surface from fsspec clients as OSError or
-    TimeoutError; a missing object or a refusal does not get better by asking again."""
-    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _NOT_TRANSIENT)
+    TimeoutError; a missing object, a refusal or a malformed request (s3fs maps S3's 4xx
+    "invalid" codes to ``EINVAL``) does not get better by asking again."""
+    if isinstance(exc, _NOT_TRANSIENT) or getattr(exc, "errno", None) == errno.EINVAL:
+        return False
+    return isinstance(exc, (OSError, TimeoutError))
 
 
 def retry_transient(fn, *args, attempts: int = 4, first_wait: float = 0.25):

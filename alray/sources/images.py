@@ -27,8 +27,8 @@ from fsspec.utils import glob_translate
 
 from alray.config import ImageSpec
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, iter_names,
-                                 read_object, retry_transient, url_to_fs)
+from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, is_transient,
+                                 iter_names, read_object, retry_transient, url_to_fs)
 from alray.sources.parquet import RowBatch
 from alray.sources.plan import ShardSpec, is_hidden
 
@@ -127,21 +127,25 @@ def plan_image_shards(uris: Sequence[str], images_per_shard: int,
 # ----------------------------------------------------------------------------------- reading
 
 
-def _load(fetch, source, image: ImageSpec) -> tuple[np.ndarray | None, str | None]:
+def _load(fetch, source, image: ImageSpec) -> tuple[np.ndarray | None, str | None, str | None]:
+    """``(array, None, None)``, or ``(None, error kind, cause)`` for a bad image."""
     try:
         data = retry_transient(fetch, source)
     except FileNotFoundError:
-        return None, "missing_object"
-    except (PermissionError, IsADirectoryError, NotADirectoryError, ValueError):
-        return None, "unreadable"  # refused, a folder, or a URI no filesystem takes
+        return None, "missing_object", None
+    except Exception as exc:
+        if is_transient(exc):  # still failing after retries: the shard is tried again
+            raise
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, "unreadable", cause  # refused, a folder, a URI no filesystem takes, ...
     try:
-        return preprocess(data, image), None
+        return preprocess(data, image), None, None
     except Exception:  # Pillow raises many types for bad bytes; any of them is a bad row
-        return None, "decode_error"
+        return None, "decode_error", None
 
 
 def _loaded(sources: Iterable, fetch, image: ImageSpec, window: int) -> Iterator[tuple]:
-    """``(array or None, error kind or None)`` per source, in order, with up to ``window``
+    """:func:`_load`'s ``(array, kind, cause)`` per source, in order, with up to ``window``
     fetches and decodes in flight, so no batch boundary stalls the thread pool."""
     in_flight: deque = deque()
     for source in sources:
@@ -154,13 +158,15 @@ def _loaded(sources: Iterable, fetch, image: ImageSpec, window: int) -> Iterator
 
 def _assemble(results: list[tuple], image: ImageSpec) -> tuple[np.ndarray, list]:
     batch = np.zeros((len(results), image.channels, image.crop, image.crop), np.float32)
-    kinds = np.array([kind or "" for _, kind in results])
-    for i, (array, _) in enumerate(results):
+    kinds = np.array([kind or "" for _, kind, _ in results])
+    for i, (array, _, _) in enumerate(results):
         if array is not None:
             batch[i] = array
+    cause = next((cause for _, kind, cause in results if kind == "unreadable"), None)
     checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
               ("unreadable", "cannot read the image object (access refused, not a file, or not "
-                             "a URI alray can open)", kinds == "unreadable"),
+                             f"a URI alray can open; first cause in its batch: {cause})",
+               kinds == "unreadable"),
               ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
                kinds == "decode_error")]
     return batch, checks
