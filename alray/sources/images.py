@@ -163,10 +163,10 @@ def _assemble(results: list[tuple], image: ImageSpec) -> tuple[np.ndarray, list]
         if array is not None:
             batch[i] = array
     cause = next((cause for _, kind, cause in results if kind == "unreadable"), None)
+    unreadable = ("cannot read the image object (access refused, not a file, or not a URI alray "
+                  f"can open; first cause in its batch: {cause})")
     checks = [("missing_object", "the image object is missing", kinds == "missing_object"),
-              ("unreadable", "cannot read the image object (access refused, not a file, or not "
-                             f"a URI alray can open; first cause in its batch: {cause})",
-               kinds == "unreadable"),
+              ("unreadable", unreadable, kinds == "unreadable"),
               ("decode_error", "cannot decode the image (not a readable JPEG, PNG or WebP)",
                kinds == "decode_error")]
     return batch, checks
