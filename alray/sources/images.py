@@ -66,10 +66,21 @@ def preprocess(data: bytes, image: ImageSpec) -> np.ndarray:
     left = int(round((size[0] - image.crop) / 2.0))
     top = int(round((size[1] - image.crop) / 2.0))
     img = img.crop((left, top, left + image.crop, top + image.crop))
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    array = array[:, :, None] if array.ndim == 2 else array
-    mean, std = (np.asarray(v, np.float32) for v in image.stats())
-    return np.ascontiguousarray(((array - mean) / std).transpose(2, 0, 1))
+    pixels = np.asarray(img)  # uint8 [H, W] or [H, W, C]
+    channels_first = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    # (x / 255 - mean) / std as x * scale - shift: two passes, the second in place, and the
+    # first writes channels-first directly (no float copy in [H, W, C], no transposed copy).
+    scale, shift = _normalization(image)
+    out = np.empty(channels_first.shape, np.float32)
+    np.multiply(channels_first, scale, out=out)
+    return np.subtract(out, shift, out=out)
+
+
+def _normalization(image: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``scale [C, 1, 1]`` and ``shift [C, 1, 1]`` with ``(x / 255 - mean) / std ==
+    x * scale - shift``."""
+    mean, std = (np.asarray(v, np.float64).reshape(-1, 1, 1) for v in image.stats())
+    return (1.0 / (255.0 * std)).astype(np.float32), (mean / std).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- planning
