@@ -20,7 +20,7 @@ import yaml
 
 from alray import _checks as checks
 from alray.errors import ConfigError
-from alray.scoring import SCORES
+from alray.scoring.registry import SCORE_NAMES
 
 __all__ = [
     "JobSpec",
@@ -134,7 +134,7 @@ class ModelSpec:
 
 @_section
 class ScoringSpec:
-    strategy: str = _spec("entropy", checks.one_of(*SCORES))
+    strategy: str = _spec("entropy", checks.one_of(*SCORE_NAMES))
     batch_size: int = _spec(8192, checks.int_at_least(1))
 
 
@@ -330,7 +330,7 @@ class JobSpec:
                 raise ConfigError(key, f"unknown section; a job spec takes: {allowed}")
         for key in _REQUIRED_SECTIONS:
             if key not in raw:
-                raise ConfigError(key, "required section is missing; see DESIGN.md's job spec")
+                raise ConfigError(key, "required section is missing; see docs/job-spec.md")
         sections = {key: _build_section(c, raw.get(key) or {}, key) for key, c in _SECTIONS.items()}
         name = checks.string(raw.get("name", "alray-job"), "name")
         spec = cls(name=name, **sections)
@@ -384,6 +384,7 @@ def _check_image_pool(spec: JobSpec) -> JobSpec:
     if pool.carry and not pool.image_source_column:
         raise ConfigError("pool.carry", "an image folder has no columns to carry; carry needs a "
                                         "parquet pool with image_column or image_uri_column")
+    _check_model_path(spec)
     image = pool.image or _image({}, "pool.image")
     return dataclasses.replace(spec, pool=dataclasses.replace(pool, image=image))
 
@@ -408,16 +409,21 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
             raise ConfigError("model.column", "required when model.kind is precomputed; "
                                               "name the column that holds the model's output")
     else:
-        if spec.model.path is None:
-            raise ConfigError("model.path", f"required when model.kind is {kind}; name the "
-                                            "model's file (or package.module:factory)")
+        _check_model_path(spec)
         if spec.pool.feature_column is None:
             raise ConfigError("pool.feature_column",
                               f"required when model.kind is {kind}; name the embedding column")
+    return spec
+
+
+def _check_model_path(spec: JobSpec) -> None:
+    kind = spec.model.kind
+    if spec.model.path is None:
+        raise ConfigError("model.path", f"required when model.kind is {kind}; name the "
+                                        "model's file (or package.module:factory)")
     if kind == "python" and ":" not in spec.model.path:
         raise ConfigError("model.path", f"got {spec.model.path!r}; a python model is named "
                                         "'package.module:factory'")
-    return spec
 
 
 # ----------------------------------------------------------------------------------- overrides

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __all__ = ["AlrayError", "ConfigError", "ModelError", "ShardError", "JobFailed", "ERROR_KINDS"]
 
-#: Every ``kind`` an ``errors.jsonl`` record may carry (DESIGN.md, "Bad input").
+#: Every ``kind`` an ``errors.jsonl`` record may carry (docs/outputs.md, "errors.jsonl").
 ERROR_KINDS = frozenset(
     {
         "unreadable",
@@ -59,16 +59,19 @@ class ShardError(AlrayError):
         row: 0-based row index in the file, or None for a shard-level problem.
         row_id: the row's id where known.
         transient: the cause may pass (throttling, a time-out): worth retrying the shard.
+        key: the spec key the problem is about (``pool.feature_column``), where there is one; a
+            problem every shard shares is then a configuration error of that key.
     """
 
     def __init__(self, kind: str, message: str, *, row: int | None = None, row_id=None,
-                 transient: bool = False):
+                 transient: bool = False, key: str | None = None):
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
         self.kind = kind
         self.row = row
         self.row_id = row_id
         self.transient = transient
+        self.key = key
         super().__init__(message)
 
 

@@ -39,9 +39,11 @@ def job_status(output_uri: str, storage: Storage | None = None) -> dict:
         raise ConfigError("OUT", f"no job.json under {output_uri!r}; give a job's output folder "
                                  "or its spec") from None
     if job["status"] != "running":
-        return {"name": job["name"], "status": job["status"], **job["counts"],
-                "shards_reused": job.get("shards_reused", 0), "shards_left": 0,
-                "rows_per_second": job["rows_per_second"], "error": job.get("error")}
+        runs = job.get("runs") or [{}]
+        return {"shards_left": 0, "shards_reused": job.get("shards_reused", 0), **job["counts"],
+                "name": job["name"], "status": job["status"],
+                "rows_per_second": job["rows_per_second"], "last_run": runs[-1],
+                "error": job.get("error")}
     records = [r for r in load_records(output_uri, storage).values() if r.status == "done"]
     started = dt.datetime.fromisoformat(job["started"])
     elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
@@ -66,10 +68,18 @@ def format_status(state: dict, output_uri: str) -> str:
         f"of {state['shards']}",
         f"  rows:   {state['rows_scored']:,} scored, {state['rows_quarantined']:,} quarantined"
         + (f", of {state['rows_planned']:,}" if state.get("rows_planned") else ""),
-        f"  speed:  {state['rows_per_second']:,.0f} rows/s",
+        "  speed:  " + (f"{state['rows_per_second']:,.0f} rows/s" if state["rows_per_second"]
+                         else "not measured (no run has scored rows yet)"),
     ]
+    last = state.get("last_run")
+    if last:
+        lines.append(f"  last run: scored {last.get('rows_scored', 0):,} rows in "
+                     f"{last.get('shards_scored', 0)} shards, reused "
+                     f"{last.get('shards_reused', 0)} shards ({last.get('status')}, "
+                     f"finished {last.get('finished')})")
     if state["status"] == "stopped":
-        lines.append("  the driver is gone: run the same command again to resume")
+        lines.append("  the job stopped before it finished: run the same command again to "
+                     "resume")
     if state.get("error"):
         lines.append(f"  error:  {state['error']}")
     return "\n".join(lines)

@@ -39,7 +39,7 @@ def test_run_with_set_and_out(tmp_path):
     done = run_cli("run", spec, "--set", "scoring.strategy=ratio", "--set", "selection.k=7",
                    "--out", tmp_path / "elsewhere")
     assert done.returncode == 0, done.stderr
-    assert "scored 200 of 200 rows" in done.stdout
+    assert "200 of 200 rows scored" in done.stdout
     out = tmp_path / "elsewhere"
     job = json.loads((out / "job.json").read_text())
     assert job["spec"]["scoring"]["strategy"] == "ratio"

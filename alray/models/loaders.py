@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from alray.config import ModelSpec
-from alray.errors import ConfigError, ModelError
-from alray.sources.files import Storage, access_refusals, open_file, url_to_fs
+from alray.errors import ModelError
+from alray.sources.files import Storage, open_file
 
-__all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "check_model_source", "as_two_classes"]
+__all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "as_two_classes"]
 
 
 @dataclass
@@ -176,18 +176,3 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu",
         ModelError: the file is missing or malformed, or the head has no classes.
     """
     return MODEL_LOADERS[spec.kind](spec, torch.device(device), storage or {})
-
-
-def check_model_source(spec: ModelSpec, storage: Storage | None = None) -> None:
-    """Driver-side check that the model file exists, before any work starts."""
-    if spec.kind in ("python", "precomputed"):
-        return
-    fs, path = url_to_fs(spec.path, storage)
-    with access_refusals("model.path", spec.path):
-        try:
-            is_file = fs.info(path)["type"] == "file"
-        except FileNotFoundError:
-            is_file = False
-    if not is_file:
-        raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
-                                        f"{spec.kind} model's weights")

@@ -1,4 +1,8 @@
-"""The scoring actor: holds the model, scores the shards the driver hands it."""
+"""The scoring actor: holds the model, scores the shards the driver hands it.
+
+torch and the scoring code load in the actor's process, not when the driver imports this module,
+so a driver with nothing to score never pays for them.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,10 @@ import os
 import sys
 
 import ray
-import torch
 
 from alray.config import JobSpec
 from alray.errors import AlrayError
-from alray.models import load_model
-from alray.runtime.scan import ShardOutcome, scan_and_commit
+from alray.runtime.outcome import ShardOutcome
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ScoringActor"]
@@ -29,6 +31,10 @@ class ScoringActor:
         for path in reversed(import_paths):  # so `python` models import as on the driver
             if path not in sys.path:
                 sys.path.insert(0, path)
+        import torch
+
+        from alray.models.loaders import load_model
+
         self.spec = spec
         self.scoring = scoring
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
@@ -47,4 +53,6 @@ class ScoringActor:
 
     def score(self, shard: ShardSpec) -> ShardOutcome:
         """Score and commit one shard (see :func:`~alray.runtime.scan.scan_and_commit`)."""
+        from alray.runtime.scan import scan_and_commit
+
         return scan_and_commit(shard, self.spec, self.model, self.scoring)

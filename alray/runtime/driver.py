@@ -1,16 +1,21 @@
-"""The driver: plan shards, hand them to scoring actors, reduce their candidates, write outputs.
+"""The driver: plan, lock the output folder, hand shards to scoring actors, reduce, write outputs.
 
-Shards are handed out dynamically, at most two per actor at a time (one running, one queued), so
-a fast actor takes more and memory stays bounded by shards in flight. Under ``on_error: fail``
-the first bad shard or row stops the hand-out; shards already in flight still commit.
+Everything that can be known without Ray is found first (:func:`alray.planning.plan_job`), and Ray
+starts only when some shard needs scoring. Shards are handed out dynamically, at most two per
+actor at a time (one running, one queued), so a fast actor takes more and memory stays bounded by
+shards in flight. Under ``on_error: fail`` the first bad shard or row stops the hand-out; shards
+already in flight still commit. An interrupt (Ctrl-C) records the job as ``stopped``, stops the
+actors and the Ray this run started, and leaves the folder ready to resume.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import json
 import logging
 import os
-import socket
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,20 +23,18 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import ray
 
-from alray import __version__
 from alray.config import JobSpec
 from alray.errors import JobFailed, ModelError
-from alray.models import check_model_source
-from alray.output import ErrorLog, write_job_json, write_selection
-from alray.output.commits import scoring_hash
-from alray.reduce import TopKReducer
+from alray.output import write_job_json, write_selection
+from alray.output.lock import OutputLock
+from alray.planning import JobPlan, plan_job
 from alray.runtime.actor import ScoringActor
+from alray.runtime.jobstate import JobState, now, running_record
 from alray.runtime.progress import Progress
 from alray.runtime.resume import prepare_output, reuse_committed
-from alray.runtime.scan import ShardOutcome, bad_shard_outcome, error_record
+from alray.runtime.outcome import bad_shard_outcome, error_record
 from alray.sources.files import Storage, access_refusals, url_to_fs
-from alray.sources.images import plan_image_shards
-from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
+from alray.sources.plan import ShardSpec
 
 __all__ = ["Result", "run", "connect"]
 
@@ -45,9 +48,10 @@ class Result:
     Attributes:
         output_uri: the output folder.
         selection: ``selection.parquet`` as a table, in rank order.
-        counts: ``shards``, ``shards_done``, ``shards_quarantined``, ``rows_in``, ``rows_scored``,
-            ``rows_quarantined``.
-        job: the ``job.json`` record.
+        counts: ``shards``, ``shards_done``, ``shards_quarantined``, ``shards_left``,
+            ``shards_reused``, ``rows_in``, ``rows_scored``, ``rows_quarantined``,
+            ``rows_reused`` (for the whole job: reused shards count as done).
+        job: the ``job.json`` record; ``job["runs"][-1]`` is this run's own figures.
     """
 
     output_uri: str
@@ -57,7 +61,8 @@ class Result:
     paths: dict = field(default_factory=dict)
 
     @property
-    def rows_per_second(self) -> float:
+    def rows_per_second(self) -> float | None:
+        """Rows per second of the latest run that scored rows (None if none ever did)."""
         return self.job["rows_per_second"]
 
 
@@ -138,64 +143,6 @@ class _ActorPool:
             ray.kill(actor)
 
 
-# ----------------------------------------------------------------------------------- job state
-
-
-class _JobState:
-    """Counts, per-shard status, the reducer and the error log, updated as outcomes arrive."""
-
-    def __init__(self, spec: JobSpec, shards: list[ShardSpec]):
-        self.spec = spec
-        self.total_shards = len(shards)
-        self.reducer = TopKReducer(spec.selection.k)
-        self.errors = ErrorLog()
-        self.shards: dict[str, dict] = {}
-        self.counts = dict(shards=len(shards), shards_done=0, shards_quarantined=0, rows_in=0,
-                           rows_scored=0, rows_quarantined=0)
-        self.shards_reused = self.rows_reused = 0
-        self.failure: str | None = None
-        self.scoring_seconds = 0.0
-        self.id_type: pa.DataType = pa.int64()
-        self.progress = Progress(len(shards), sum(s.num_rows or 0 for s in shards))
-
-    def record(self, outcome: ShardOutcome) -> None:
-        self.errors.add(outcome.errors)
-        self.shards[outcome.shard_id] = dict(uri=outcome.uri, status=outcome.status,
-                                             rows_in=outcome.rows_in,
-                                             rows_scored=outcome.rows_scored,
-                                             rows_quarantined=outcome.rows_quarantined,
-                                             seconds=round(outcome.seconds, 3))
-        if outcome.status == "failed":
-            self.failure = self.failure or _describe_first(outcome.errors[0])
-            return
-        for key in ("rows_in", "rows_scored", "rows_quarantined"):
-            self.counts[key] += getattr(outcome, key)
-        if outcome.status == "quarantined":
-            self.counts["shards_quarantined"] += 1
-        else:
-            self.counts["shards_done"] += 1
-            if outcome.candidates is not None:
-                self.id_type = outcome.candidates.schema.field("id").type
-                self.reducer.update(outcome.candidates)
-        self.progress.update(shards=1, rows=outcome.rows_in)
-        self._check_quarantine_limit()
-
-    def _check_quarantine_limit(self) -> None:
-        limit = self.spec.resources.max_quarantined
-        bad = self.counts["shards_quarantined"]
-        allowed = limit * self.total_shards if isinstance(limit, float) else limit
-        if self.spec.resources.on_error == "skip" and bad > allowed and not self.failure:
-            self.failure = (f"resources.max_quarantined: {bad} of {self.total_shards} shards "
-                            f"quarantined, past the limit of {limit}; see errors.jsonl, fix the "
-                            "pool or raise resources.max_quarantined")
-
-
-def _describe_first(record: dict) -> str:
-    row = f", row {record['row']}" if record.get("row") is not None else ""
-    return (f"shard {record['shard']} ({record['uri']}){row}: {record['message']} "
-            f"[{record['kind']}]; fix the input or set resources.on_error: skip")
-
-
 # ----------------------------------------------------------------------------------- dispatch
 
 
@@ -204,25 +151,14 @@ def _cause(exc: Exception) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
-              reused: dict[str, ShardOutcome]) -> None:
-    spec = state.spec
-    fail_fast = spec.resources.on_error == "fail"
-    queue: deque[ShardSpec] = deque()
-    for shard in shards:
-        if shard.problem is not None:
-            state.record(bad_shard_outcome(shard, error_record(shard, *shard.problem),
-                                           fail_fast))
-        elif shard.shard_id in reused:
-            state.record(reused[shard.shard_id])
-            state.shards_reused += 1
-            state.rows_reused += reused[shard.shard_id].rows_in
-        else:
-            queue.append(shard)
+def _dispatch(state: JobState, pool: _ActorPool, shards: list[ShardSpec]) -> None:
+    """Hand ``shards`` to the actors until all are recorded, or the job is stopping."""
+    fail_fast = state.spec.resources.on_error == "fail"
+    queue: deque[ShardSpec] = deque(shards)
     attempts: dict[str, int] = {}
     in_flight: dict = {}
-    while in_flight or (queue and not state.failure):
-        while queue and not state.failure and (slot := pool.least_loaded()) is not None:
+    while in_flight or (queue and not state.stopping):
+        while queue and not state.stopping and (slot := pool.least_loaded()) is not None:
             shard = queue.popleft()
             in_flight[pool.submit(slot, shard)] = (slot, pool.actors[slot], shard)
         done, _ = ray.wait(list(in_flight), num_returns=1)
@@ -236,7 +172,7 @@ def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
             if isinstance(exc, ray.exceptions.RayActorError):
                 pool.replace(slot, actor)
             attempts[shard.shard_id] = attempts.get(shard.shard_id, 0) + 1
-            if attempts[shard.shard_id] < spec.resources.max_attempts:
+            if attempts[shard.shard_id] < state.spec.resources.max_attempts:
                 queue.appendleft(shard)
             else:
                 message = (f"gave up after {attempts[shard.shard_id]} attempts; last error: "
@@ -245,11 +181,114 @@ def _dispatch(state: _JobState, pool: _ActorPool, shards: list[ShardSpec],
                     shard, error_record(shard, "retries_exhausted", message), fail_fast))
 
 
+# ----------------------------------------------------------------------------------- Ray
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold off a second Ctrl-C while the job cleans up (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ray_processes(psutil, before: set[int]) -> list:
+    """This process's descendants started since ``before`` whose command line names Ray."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        if process.pid in before:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if "ray" in " ".join(process.cmdline()):
+                found.append(process)
+    return found
+
+
+def _stop_private_ray(before: set[int]) -> None:
+    """Shut down the Ray this process started, and every Ray process it left behind.
+
+    Ray's own shutdown stops the processes the driver started (GCS, raylet); the agents the
+    raylet started exit only when they notice, up to a minute later, and an interrupt during
+    ``ray.init`` leaves whatever had started so far. So the Ray processes that descend from this
+    one (and did not before Ray started) are collected first, and ended if still running once
+    Ray has shut down.
+    """
+    import psutil  # Ray ships it (ray/thirdparty_files)
+
+    children = _ray_processes(psutil, before)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def _ray(address: str | None, progress: Progress):
+    """Ray for one job: joined or started here; a Ray started here is stopped on the way out,
+    also when the start itself is interrupted."""
+    if ray.is_initialized():
+        yield
+        return
+    import psutil  # Ray ships it (ray/thirdparty_files)
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    progress.say(f"joining Ray at {target}" if target else "starting a local Ray")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        connect(address)
+        yield
+    finally:
+        with _interrupts_held():
+            if target is None:
+                _stop_private_ray(before)
+            else:
+                ray.shutdown()
+
+
+def _score(state: JobState, plan: JobPlan, address: str | None) -> list[str]:
+    """Score the shards that need it on Ray actors; returns the actors' devices."""
+    shards = plan.to_score
+    progress = state.progress
+    with _ray(address, progress):
+        count, options = _actor_plan(plan.spec)
+        pool = _ActorPool(plan.spec, min(count, len(shards)), options, plan.scoring)
+        try:
+            progress.say(f"starting {len(pool.actors)} scoring actor(s) and loading the model")
+            pool.wait_ready()
+            progress.say(f"scoring {len(shards):,} shard(s) on {', '.join(pool.devices)}")
+            progress.start(len(shards), plan.rows_of(shards))
+            started = time.perf_counter()
+            try:
+                _dispatch(state, pool, shards)
+            finally:
+                state.scoring_seconds = time.perf_counter() - started
+                progress.close()
+        finally:
+            with _interrupts_held():
+                pool.shutdown()
+    return pool.devices
+
+
 # ----------------------------------------------------------------------------------- run
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def _earlier_runs(output_uri: str, storage: Storage, fresh: bool) -> list[dict]:
+    """The ``runs`` of the job.json an earlier run left (none with ``fresh``)."""
+    if fresh:
+        return []
+    fs, root = url_to_fs(output_uri, storage)
+    try:
+        job = json.loads(fs.cat_file(f"{root}/job.json"))
+    except (FileNotFoundError, ValueError):
+        return []
+    return list(job.get("runs", [])) if isinstance(job, dict) else []
 
 
 def _clear_stale_outputs(output_uri: str, storage: Storage) -> None:
@@ -259,40 +298,7 @@ def _clear_stale_outputs(output_uri: str, storage: Storage) -> None:
             fs.rm(f"{path}/{name}")
 
 
-def _job_record(spec: JobSpec, state: _JobState, started: str, seconds: float, status: str,
-                devices: list[str]) -> dict:
-    return {
-        "name": spec.name,
-        "status": status,
-        "alray_version": __version__,
-        "spec": spec.to_dict(),
-        "spec_hash": spec.digest(),
-        "started": started,
-        "finished": _now(),
-        "seconds": round(seconds, 3),
-        "scoring_seconds": round(state.scoring_seconds, 3),
-        "rows_per_second": round((state.counts["rows_in"] - state.rows_reused)
-                                 / max(state.scoring_seconds, 1e-9), 1),
-        "counts": state.counts,
-        "shards_reused": state.shards_reused,
-        "errors": state.errors.count,
-        "actors": devices,
-        "error": state.failure,
-        "shards": state.shards,
-    }
-
-
-def _running_record(spec: JobSpec, state: _JobState, started: str,
-                    reused: dict[str, ShardOutcome]) -> dict:
-    """``job.json`` while the job runs: what ``alray status`` reads beside the commit records."""
-    return {"name": spec.name, "status": "running", "alray_version": __version__,
-            "spec": spec.to_dict(), "spec_hash": spec.digest(), "started": started,
-            "host": socket.gethostname(), "pid": os.getpid(), "shards_planned": state.total_shards,
-            "shards_reused": len(reused), "rows_reused": sum(o.rows_in for o in reused.values()),
-            "rows_planned": state.progress.rows}
-
-
-def _record_duplicates(state: _JobState) -> None:
+def _record_duplicates(state: JobState) -> None:
     duplicates = state.reducer.duplicates()
     if duplicates is None:
         return
@@ -305,9 +311,64 @@ def _record_duplicates(state: _JobState) -> None:
     ])
 
 
+def _record_known(state: JobState, plan: JobPlan, fresh: bool) -> None:
+    """Record what needs no actor: the shards planning found bad, and the reusable commits."""
+    spec = plan.spec
+    fail_fast = spec.resources.on_error == "fail"
+    for shard in plan.bad:
+        problem = shard.problem
+        state.record(bad_shard_outcome(shard, error_record(shard, problem.kind, problem.message),
+                                       fail_fast))
+    with access_refusals("output.uri", spec.output.uri):
+        records = prepare_output(spec, list(plan.shards), fresh)
+        reused = reuse_committed(list(plan.shards), plan.reusable, records, spec)
+    for shard in plan.shards:
+        if shard.shard_id in reused:
+            state.record(reused[shard.shard_id], reused=True)
+
+
+def _finish(state: JobState, started: str, clock: float, devices: list[str],
+            earlier_runs: list[dict]) -> Result:
+    spec = state.spec
+    storage = spec.fsspec_storage
+    _record_duplicates(state)
+    failure = state.failure()
+    errors_uri = state.errors.commit(spec.output.uri, storage)
+    status = "failed" if failure else "succeeded"
+    record = state.job_record(started, time.perf_counter() - clock, status, devices,
+                              earlier_runs, failure)
+    paths = {"errors": errors_uri}
+    selection = None
+    if not failure:
+        paths["selection"], selection = write_selection(
+            spec.output.uri, state.reducer.result(), spec.pool.carry, state.id_type, storage)
+    paths["job"] = write_job_json(spec.output.uri, record, storage)
+    if failure:
+        raise JobFailed(failure)
+    return Result(spec.output.uri, selection, state.counts, record, paths)
+
+
+def _stopped(state: JobState, started: str, clock: float, earlier_runs: list[dict],
+             reason: str) -> str:
+    """Record the job as stopped in ``job.json``; returns the line to show the user."""
+    spec = state.spec
+    record = state.job_record(started, time.perf_counter() - clock, "stopped", [],
+                              earlier_runs, reason)
+    with contextlib.suppress(Exception):
+        state.errors.commit(spec.output.uri, spec.fsspec_storage)
+    write_job_json(spec.output.uri, record, spec.fsspec_storage)
+    c = state.counts
+    return (f"{reason}: {c['shards_done'] + c['shards_quarantined']} of {c['shards']} shards "
+            "committed and kept; run the same command again to resume")
+
+
 def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
-        fresh: bool = False) -> Result:
+        fresh: bool = False, progress: bool = True) -> Result:
     """Run a job: score every row of the pool and write the selection.
+
+    Ray starts only when some shard needs scoring; a Ray that this call starts is shut down before
+    it returns. To keep one Ray for several jobs (a notebook, a loop of rounds), call
+    ``ray.init()`` first: a Ray already running is used and left running.
 
     Args:
         spec: a validated job spec.
@@ -315,62 +376,51 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
         address: a Ray address to join (default: ``RAY_ADDRESS``, else a local Ray).
         fresh: ignore earlier outputs under ``output.uri`` and score every shard again. Otherwise
             the job resumes: shards committed under the same key are not scored again.
+        progress: print what the job is doing, and a progress bar on a terminal, to stderr.
 
     Raises:
-        ConfigError: the pool or model file is missing (nothing has run).
+        ConfigError: the spec does not fit the pool or the model (a problem every shard shares),
+            the pool or model file is missing, or another run holds the output folder. Nothing
+            has run.
         ModelError: the model cannot be loaded or returns the wrong shape.
         JobFailed: a bad shard or row under ``on_error: fail``, too many quarantined shards, or
             nothing could be scored.
+        KeyboardInterrupt: the run was interrupted; ``job.json`` says ``stopped`` and the same
+            call resumes.
     """
     if out is not None:
         spec = spec.replace(output=type(spec.output)(uri=out))
-    started, clock = _now(), time.perf_counter()
+    started, clock = now(), time.perf_counter()
+    reporter = Progress(enabled=progress)
+    plan = plan_job(spec, fresh=fresh)
     storage = spec.fsspec_storage
-    check_model_source(spec.model, storage)
-    images = spec.pool.reads_images and spec.pool.image_source_column is None
-    files = [] if images else list_pool_files(spec.pool.uri, storage=storage)
-    image_shards = (plan_image_shards(spec.pool.uri, spec.pool.rows_per_shard, storage)
-                    if images else None)
-    scoring = scoring_hash(spec)
-    with access_refusals("output.uri", spec.output.uri):
-        _clear_stale_outputs(spec.output.uri, storage)
-    connect(address)
-    count, options = _actor_plan(spec)
-    # Actors load the model while the driver reads footers; more come if files split into shards.
-    pool = _ActorPool(spec, min(count, len(files) or len(image_shards)), options, scoring)
-    state = None
-    try:
-        shards = image_shards or plan_shards(files, spec.pool.rows_per_shard, storage,
-                                             id_column=spec.pool.id_column)
-        state = _JobState(spec, shards)
+    with OutputLock.acquire(spec.output.uri, storage) as lock:
+        if lock.advisory:
+            reporter.say(f"{spec.output.uri}: this store has no conditional writes, so the "
+                         "output folder's lock is advisory there")
+        earlier_runs = _earlier_runs(spec.output.uri, storage, fresh)
         with access_refusals("output.uri", spec.output.uri):
-            reused = reuse_committed(shards, prepare_output(spec, shards, fresh), spec, scoring)
-            write_job_json(spec.output.uri, _running_record(spec, state, started, reused),
-                           storage)
-        pool.grow(min(count, len(shards) - len(reused)))
-        pool.wait_ready()
-        scoring_started = time.perf_counter()
-        _dispatch(state, pool, shards, reused)
-        state.scoring_seconds = time.perf_counter() - scoring_started
-    except BaseException:
-        if state is not None:
+            _clear_stale_outputs(spec.output.uri, storage)
+        state = JobState(spec, list(plan.shards), reporter)
+        try:
+            _record_known(state, plan, fresh)
+            to_score = plan.to_score
+            reporter.say(f"{len(plan.shards):,} shard(s): {len(to_score):,} to score, "
+                         f"{state.counts['shards_reused']:,} reused, {len(plan.bad):,} bad")
+            write_job_json(spec.output.uri, running_record(
+                spec, state, started, state.counts["shards_reused"], state.counts["rows_reused"],
+                plan.rows, earlier_runs), storage)
+            devices = [] if state.stopping or not to_score else _score(state, plan, address)
+        except KeyboardInterrupt:
+            with _interrupts_held():
+                message = _stopped(state, started, clock, earlier_runs, "interrupted")
+            raise KeyboardInterrupt(message) from None
+        except BaseException as exc:
             state.errors.close()
-        raise
-    finally:
-        pool.shutdown()
-    state.progress.close()
-    _record_duplicates(state)
-    if not state.failure and state.counts["rows_scored"] == 0:
-        state.failure = "pool: no row could be scored; see errors.jsonl"
-    seconds = time.perf_counter() - clock
-    errors_uri = state.errors.commit(spec.output.uri, storage)
-    status = "failed" if state.failure else "succeeded"
-    record = _job_record(spec, state, started, seconds, status, pool.devices)
-    paths = {"errors": errors_uri}
-    if not state.failure:
-        paths["selection"], selection = write_selection(
-            spec.output.uri, state.reducer.result(), spec.pool.carry, state.id_type, storage)
-    paths["job"] = write_job_json(spec.output.uri, record, storage)
-    if state.failure:
-        raise JobFailed(state.failure)
-    return Result(spec.output.uri, selection, state.counts, record, paths)
+            if isinstance(exc, Exception):
+                with contextlib.suppress(Exception):
+                    write_job_json(spec.output.uri, state.job_record(
+                        started, time.perf_counter() - clock, "failed", [], earlier_runs,
+                        str(exc)), storage)
+            raise
+        return _finish(state, started, clock, devices, earlier_runs)

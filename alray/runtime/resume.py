@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 
 from alray.config import JobSpec
 from alray.output.commits import (COMMITS_DIR, ShardRecord, candidates_uri, load_records,
-                                  read_candidates, record_uri, shard_key)
+                                  read_candidates, record_uri)
 from alray.reduce import top_k_rows
-from alray.runtime.scan import CANDIDATE_COLUMNS, ShardOutcome, label_candidates, scores_uri
+from alray.runtime.outcome import (CANDIDATE_COLUMNS, ShardOutcome, label_candidates,
+                                   scores_uri)
 from alray.sources.files import open_file, open_parquet, url_to_fs
 from alray.sources.plan import ShardSpec
 
@@ -81,12 +82,11 @@ def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcom
                         errors=record.errors, candidates=candidates, seconds=0.0)
 
 
-def reuse_committed(shards: list[ShardSpec], records: dict[str, ShardRecord], spec: JobSpec,
-                    scoring: str) -> dict[str, ShardOutcome]:
-    """Outcomes for the shards whose commit matches their current key, read in threads."""
-    matching = [s for s in shards if s.problem is None and s.shard_id in records
-                and records[s.shard_id].status == "done"
-                and records[s.shard_id].key == shard_key(s, scoring)]
+def reuse_committed(shards: list[ShardSpec], reusable: frozenset[str],
+                    records: dict[str, ShardRecord], spec: JobSpec) -> dict[str, ShardOutcome]:
+    """Outcomes for the ``reusable`` shards (their commit matches their current key; see
+    :func:`alray.planning.plan_job`), read in threads."""
+    matching = [s for s in shards if s.shard_id in reusable and s.shard_id in records]
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         outcomes = pool.map(lambda s: _reused(s, records[s.shard_id], spec), matching)
         return {o.shard_id: o for o in outcomes}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -16,79 +15,28 @@ import torch
 
 from alray.config import JobSpec
 from alray.errors import ShardError
-from alray.models import LoadedModel, as_two_classes
+from alray.models.loaders import LoadedModel, as_two_classes
+from alray.planning import columns_for
 from alray.output.commits import ShardRecord, shard_key, write_commit
 from alray.reduce import first_occurrences, top_k_rows
 from alray.scoring import invalid_rows, log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE
-from alray.sources.files import atomic_write, join_uri, parquet_bytes
+from alray.sources.files import atomic_write, parquet_bytes
 from alray.runtime.embeddings import CandidateEmbeddings, EmbeddingsIncomplete
+from alray.runtime.outcome import (CANDIDATE_COLUMNS, ShardOutcome, bad_shard_outcome,
+                                   error_record, label_candidates, scores_uri)
 from alray.sources.images import read_image_shard
 from alray.sources.parquet import RowBatch, ShardColumns, read_shard
 from alray.sources.plan import ShardSpec
 from alray.sources.prefetch import prefetch
 
-__all__ = ["ShardOutcome", "bad_shard_outcome", "scan_shard", "scan_and_commit", "shard_columns", "scores_uri", "label_candidates",
-           "SCORE_COLUMNS", "CANDIDATE_COLUMNS"]
+__all__ = ["SCORE_COLUMNS", "scan_and_commit", "scan_shard", "shard_columns"]
 
 SCORE_COLUMNS = ("least_confidence", "margin", "ratio", "entropy")
 
 
-@dataclass
-class ShardOutcome:
-    """What scoring one shard produced, sent back to the driver.
-
-    Attributes:
-        status: ``done``, ``quarantined`` (skip: the whole shard is bad) or ``failed`` (fail: the
-            first bad shard or row stops the job).
-        errors: ``errors.jsonl`` records for the shard or its bad rows.
-        candidates: the shard's top M rows (``id``, ``score``, ``shard``, ``uri``, ``predicted``,
-            ``row``, carried columns), in rank order; None unless done.
-    """
-
-    shard_id: str
-    uri: str
-    status: str
-    rows_in: int = 0
-    rows_scored: int = 0
-    rows_quarantined: int = 0
-    errors: list[dict] = field(default_factory=list)
-    candidates: pa.Table | None = None
-    seconds: float = 0.0
-
-
 def shard_columns(spec: JobSpec, model: LoadedModel) -> ShardColumns:
-    pool = spec.pool
-    if pool.reads_images:
-        kind = "bytes" if pool.image_column else "uri"
-        key = "pool.image_column" if pool.image_column else "pool.image_uri_column"
-        return ShardColumns(pool.id_column, pool.image_source_column or "", pool.carry,
-                            value_key=key, image=pool.image, image_kind=kind)
-    if spec.model.kind == "precomputed":
-        return ShardColumns(spec.pool.id_column, spec.model.column, spec.pool.carry,
-                            value_key="model.column")
-    return ShardColumns(spec.pool.id_column, spec.pool.feature_column, spec.pool.carry,
-                        width=model.input_width)
-
-
-def scores_uri(output_uri: str, shard_id: str) -> str:
-    return join_uri(output_uri, "scores", f"{shard_id}.parquet")
-
-
-def error_record(shard: ShardSpec, kind: str, message: str, row: int | None = None,
-                 row_id=None) -> dict:
-    """One ``errors.jsonl`` record."""
-    return {"shard": shard.shard_id, "uri": shard.uri, "row": row, "id": row_id, "kind": kind,
-            "message": message}
-
-
-def bad_shard_outcome(shard: ShardSpec, record: dict, fail_fast: bool, rows_read: int = 0,
-                      seconds: float = 0.0) -> ShardOutcome:
-    """A shard none of whose rows count: ``failed`` under ``fail``, else ``quarantined``, with
-    every row it holds (the footer's count, or the rows read if more) counted as quarantined."""
-    rows = max(rows_read, shard.num_rows or 0)
-    return ShardOutcome(shard.shard_id, shard.uri, "failed" if fail_fast else "quarantined",
-                        rows_in=rows, rows_quarantined=rows, errors=[record], seconds=seconds)
+    return columns_for(spec, model.input_width)
 
 
 # ----------------------------------------------------------------------------------- per batch
@@ -235,7 +183,6 @@ def _drop_repeated_ids(table: pa.Table, rejects: _RowRejects) -> pa.Table:
 
 
 _SCORES_FILE_COLUMNS = ["id", "score", *SCORE_COLUMNS, "predicted", "confidence", "row"]
-CANDIDATE_COLUMNS = ["id", "score", "predicted", "row"]
 
 
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowRejects,
@@ -250,13 +197,6 @@ def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: _RowReje
         candidates = candidates.append_column("embedding", embeddings.column(
             candidates.column("row").to_numpy()))
     return label_candidates(candidates, shard)
-
-
-def label_candidates(candidates: pa.Table, shard: ShardSpec) -> pa.Table:
-    """Add the ``shard`` and ``uri`` columns the reducer and the selection need."""
-    n = candidates.num_rows
-    candidates = candidates.append_column("shard", pa.array([shard.shard_id] * n, pa.string()))
-    return candidates.append_column("uri", pa.array([shard.uri] * n, pa.string()))
 
 
 def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):

@@ -1,4 +1,4 @@
-"""Which rows of a model's output may be scored (DESIGN.md, "Bad input", row level)."""
+"""Which rows of a model's output may be scored (row-level problems; see docs/outputs.md)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 from fsspec.utils import glob_translate
 
 from alray.config import ImageSpec
-from alray.errors import ConfigError, ShardError
+from alray.errors import ConfigError
 from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, is_transient,
                                  iter_names, read_object, retry_transient, url_to_fs)
 from alray.sources.parquet import RowBatch
@@ -197,7 +197,7 @@ def read_image_shard(shard: ShardSpec, image: ImageSpec, batch_size: int,
                      storage: Storage | None = None) -> Iterator[RowBatch]:
     """Stream a folder shard's images as batches of ``[n, C, crop, crop]``; ids are the keys."""
     if shard.problem is not None:
-        raise ShardError(*shard.problem)
+        raise shard.problem.error()
     fs, root = url_to_fs(shard.uri, storage)
 
     def fetch(key: str) -> bytes:

@@ -75,34 +75,35 @@ def _field(schema: pa.Schema, name: str, key: str) -> pa.Field:
     if index < 0:
         present = ", ".join(schema.names)
         raise ShardError("missing_column", f"no column {name!r} (from {key}); the file has: "
-                                           f"{present}")
+                                           f"{present}", key=key)
     return schema.field(index)
 
 
 def _check_id_type(f: pa.Field) -> None:
     t = f.type
     if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
-        raise ShardError("bad_type", f"id column {f.name!r} is {t}; ids must be integers or strings")
+        raise ShardError("bad_type", f"id column {f.name!r} is {t}; ids must be integers or "
+                                     "strings", key="pool.id_column")
 
 
-def _check_value_type(f: pa.Field, width: int | None) -> None:
+def _check_value_type(f: pa.Field, width: int | None, key: str) -> None:
     t = f.type
     is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
     if not is_list or not pa.types.is_floating(t.value_type):
         raise ShardError("bad_type", f"column {f.name!r} is {t}; expected a fixed_size_list or "
-                                     "list of float16, float32 or float64")
+                                     "list of float16, float32 or float64", key=key)
     if pa.types.is_fixed_size_list(t) and width is not None and t.list_size != width:
         raise ShardError("wrong_length", f"column {f.name!r} holds vectors of {t.list_size} "
-                                         f"values; the model takes {width}")
+                                         f"values; the model takes {width}", key=key)
 
 
-def _check_image_type(f: pa.Field, kind: str) -> None:
+def _check_image_type(f: pa.Field, kind: str, key: str) -> None:
     t = f.type
     ok = (pa.types.is_binary(t) or pa.types.is_large_binary(t) if kind == "bytes"
           else pa.types.is_string(t) or pa.types.is_large_string(t))
     if not ok:
         expected = "binary (encoded image bytes)" if kind == "bytes" else "string (image URIs)"
-        raise ShardError("bad_type", f"column {f.name!r} is {t}; expected {expected}")
+        raise ShardError("bad_type", f"column {f.name!r} is {t}; expected {expected}", key=key)
 
 
 def check_schema(schema: pa.Schema, columns: ShardColumns) -> None:
@@ -110,9 +111,9 @@ def check_schema(schema: pa.Schema, columns: ShardColumns) -> None:
     _check_id_type(_field(schema, columns.id_column, "pool.id_column"))
     value = _field(schema, columns.value_column, columns.value_key)
     if columns.image_kind:
-        _check_image_type(value, columns.image_kind)
+        _check_image_type(value, columns.image_kind, columns.value_key)
     else:
-        _check_value_type(value, columns.width)
+        _check_value_type(value, columns.width, columns.value_key)
     for name in columns.carry:
         _field(schema, name, "pool.carry")
 
@@ -224,7 +225,7 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
             ids, null or wrong-length vectors are flagged in ``RowBatch.bad``, not raised.
     """
     if shard.problem is not None:
-        raise ShardError(*shard.problem)
+        raise shard.problem.error()
     names = [columns.id_column, columns.value_column, *columns.carry]
     width = columns.width
     try:

@@ -12,15 +12,18 @@ import hashlib
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import pyarrow as pa
 
-from alray.errors import ConfigError
+from alray.errors import ConfigError, ShardError
 from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, open_parquet,
                                  url_to_fs)
 
-__all__ = ["PoolFile", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
+if TYPE_CHECKING:
+    from alray.sources.parquet import ShardColumns
+
+__all__ = ["PoolFile", "Problem", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
 
 _FOOTER_THREADS = 16
 
@@ -35,6 +38,23 @@ class PoolFile:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """What planning found wrong with a shard: an ``errors.jsonl`` kind, the message, and the
+    spec key it is about where there is one (a problem every shard shares is that key's error)."""
+
+    kind: str
+    message: str
+    key: str | None = None
+
+    @classmethod
+    def of(cls, error: ShardError) -> "Problem":
+        return cls(error.kind, str(error), error.key)
+
+    def error(self) -> ShardError:
+        return ShardError(self.kind, self.message, key=self.key)
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     """One unit of work.
 
@@ -45,7 +65,7 @@ class ShardSpec:
         first_row: index in the file of the shard's first row.
         num_rows: rows the footer promises, or None where the footer could not be read.
         size, version: the file's size and modification time or ETag when planned.
-        problem: ``(kind, message)`` when planning already found the shard bad.
+        problem: what planning already found wrong with the shard, or None.
         members: for a shard of an image folder, the image keys under ``uri`` (the row ids).
     """
 
@@ -56,7 +76,7 @@ class ShardSpec:
     num_rows: int | None
     size: int | None
     version: str | None
-    problem: tuple[str, str] | None = None
+    problem: Problem | None = None
     members: tuple[str, ...] | None = None
 
     @property
@@ -150,31 +170,54 @@ def _row_group_runs(rows_per_group: Sequence[int], shard_rows: int) -> Iterator[
         yield first, len(rows_per_group) - 1
 
 
-def _shards_of(file: PoolFile, shard_rows: int,
-               storage: Storage) -> tuple[list[ShardSpec], pa.Schema | None]:
-    whole = dict(uri=file.uri, size=file.size, version=file.version)
+def _read_footer(file: PoolFile, storage: Storage):
+    """``(metadata, schema)`` of a parquet file, or raises :class:`ShardError`."""
     if file.size == 0:
-        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=0,
-                          problem=("unreadable", "zero-byte file; it is not parquet"), **whole)], None
+        raise ShardError("unreadable", "zero-byte file; it is not parquet", key="pool.uri")
     try:
         with open_parquet(file.uri, storage) as pf:
-            meta, schema = pf.metadata, pf.schema_arrow
+            return pf.metadata, pf.schema_arrow
     except Exception as exc:  # any failure to read a footer makes this one shard bad
-        kind = "missing_object" if isinstance(exc, FileNotFoundError) else "unreadable"
-        problem = (kind, f"cannot read the parquet footer: {_one_line(exc)}")
-        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=None,
-                          problem=problem, **whole)], None
+        if isinstance(exc, FileNotFoundError):
+            raise ShardError("missing_object", f"the file is gone: {_one_line(exc)}") from None
+        raise ShardError("unreadable", f"not a readable parquet file ({_one_line(exc)})",
+                         key="pool.uri") from None
+
+
+def _shards_of(file: PoolFile, shard_rows: int, storage: Storage,
+               columns: "ShardColumns | None") -> tuple[list[ShardSpec], pa.Schema | None]:
+    whole = dict(uri=file.uri, size=file.size, version=file.version)
+    try:
+        meta, schema = _read_footer(file, storage)
+    except ShardError as exc:
+        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0,
+                          num_rows=0 if file.size == 0 else None, problem=Problem.of(exc),
+                          **whole)], None
+    problem = _schema_problem(schema, columns)
     rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     if meta.num_rows <= shard_rows or len(rows) <= 1:
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0,
-                          num_rows=meta.num_rows, **whole)], schema
+                          num_rows=meta.num_rows, problem=problem, **whole)], schema
     shards = []
     for first, last in _row_group_runs(rows, shard_rows):
         shards.append(ShardSpec(shard_id(file.uri, (first, last)),
                                 row_groups=tuple(range(first, last + 1)),
                                 first_row=sum(rows[:first]),
-                                num_rows=sum(rows[first:last + 1]), **whole))
+                                num_rows=sum(rows[first:last + 1]), problem=problem, **whole))
     return shards, schema
+
+
+def _schema_problem(schema: pa.Schema, columns: "ShardColumns | None") -> Problem | None:
+    """What the footer already shows is wrong for the job's columns (None: nothing)."""
+    if columns is None:
+        return None
+    from alray.sources.parquet import check_schema
+
+    try:
+        check_schema(schema, columns)
+    except ShardError as exc:
+        return Problem.of(exc)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -199,25 +242,30 @@ def _mismatch(schema: pa.Schema, reference: pa.Schema, id_column: str) -> str | 
     return None
 
 
-def _with_problem(shards: list[ShardSpec], kind: str, message: str) -> list[ShardSpec]:
-    return [dataclasses.replace(s, problem=(kind, message)) for s in shards]
+def _with_problem(shards: list[ShardSpec], problem: Problem) -> list[ShardSpec]:
+    return [dataclasses.replace(s, problem=s.problem or problem) for s in shards]
 
 
 def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage: Storage | None = None,
-                id_column: str | None = None) -> list[ShardSpec]:
+                id_column: str | None = None,
+                columns: "ShardColumns | None" = None) -> list[ShardSpec]:
     """Read every footer (in threads) and cut the files into shards, in file order.
 
     Args:
         id_column: when given, a file whose ids differ in type from the first readable file's
             (strings against integers) is planned as a bad shard of kind ``schema``.
+        columns: when given, each footer is checked for them (present, well typed, a
+            ``fixed_size_list`` as wide as the model takes); a file that fails is planned as a bad
+            shard, so that no actor has to open it to find out.
     """
     options = storage or {}
     with ThreadPoolExecutor(max_workers=_FOOTER_THREADS) as pool:
-        per_file = list(pool.map(lambda f: _shards_of(f, shard_rows, options), files))
+        per_file = list(pool.map(lambda f: _shards_of(f, shard_rows, options, columns), files))
     reference = next((schema for _, schema in per_file if schema is not None), None)
     planned = []
     for shards, schema in per_file:
-        problem = (id_column is not None and schema is not None and reference is not None
-                   and _mismatch(schema, reference, id_column))
-        planned += _with_problem(shards, "schema", problem) if problem else shards
+        mismatch = (id_column is not None and schema is not None and reference is not None
+                    and _mismatch(schema, reference, id_column))
+        planned += (_with_problem(shards, Problem("schema", mismatch, "pool.id_column"))
+                    if mismatch else shards)
     return planned

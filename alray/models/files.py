@@ -1,0 +1,91 @@
+"""What the driver learns of a model's files without loading the model (no torch here).
+
+Before Ray starts, the driver checks that the model's file exists and, for a ``linear`` head, reads
+its shape ``[C, D]`` from the file's header, so that a pool whose vectors do not fit the head is a
+configuration error found in seconds rather than a failure inside every actor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+
+import numpy as np
+
+from alray.config import ModelSpec
+from alray.errors import ConfigError, ModelError
+from alray.sources.files import Storage, access_refusals, open_file, url_to_fs
+
+__all__ = ["check_model_source", "linear_head_shape", "model_input_width"]
+
+_SAFETENSORS_MAX_HEADER = 100 * 2**20  # the format's own limit
+
+
+def check_model_source(spec: ModelSpec, storage: Storage | None = None) -> None:
+    """Driver-side check that the model file exists, before any work starts."""
+    if spec.kind in ("python", "precomputed"):
+        return
+    fs, path = url_to_fs(spec.path, storage)
+    with access_refusals("model.path", spec.path):
+        try:
+            is_file = fs.info(path)["type"] == "file"
+        except FileNotFoundError:
+            is_file = False
+    if not is_file:
+        raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
+                                        f"{spec.kind} model's weights")
+
+
+def _safetensors_shapes(f) -> dict[str, tuple[int, ...]]:
+    (length,) = struct.unpack("<Q", f.read(8))
+    if not 0 < length <= _SAFETENSORS_MAX_HEADER:
+        raise ValueError(f"header length {length} is out of range")
+    header = json.loads(f.read(length))
+    return {name: tuple(entry["shape"]) for name, entry in header.items()
+            if name != "__metadata__"}
+
+
+def _npz_shapes(f) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    with zipfile.ZipFile(f) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as member:
+                major, _ = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+            shapes[name[:-len(".npy")]] = tuple(shape)
+    return shapes
+
+
+def linear_head_shape(uri: str, storage: Storage | None = None) -> tuple[int, int]:
+    """``(C, D)`` of a linear head's ``weight``, read from the file's header only.
+
+    Raises:
+        ModelError: the file is not a readable .safetensors or .npz head with a 2-d ``weight``.
+    """
+    if not uri.endswith((".safetensors", ".npz")):
+        raise ModelError(f"model.path: {uri!r}: a linear head is a .safetensors or .npz file")
+    reader = _safetensors_shapes if uri.endswith(".safetensors") else _npz_shapes
+    with access_refusals("model.path", uri):
+        try:
+            with open_file(uri, "rb", storage) as f:
+                shapes = reader(f)
+        except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as exc:
+            raise ModelError(f"model.path: {uri!r} is not a readable {uri.rsplit('.', 1)[-1]} "
+                             f"file ({exc})") from None
+    weight = shapes.get("weight")
+    if weight is None or len(weight) != 2 or shapes.get("bias") != (weight[0],):
+        raise ModelError(f"model.path: {uri!r} holds {shapes}; a linear head needs 'weight' "
+                         "[C, D] and 'bias' [C]")
+    return weight[0], weight[1]
+
+
+def model_input_width(spec: ModelSpec, storage: Storage | None = None) -> int | None:
+    """D, where the model's file fixes it without loading (a ``linear`` head), else None."""
+    if spec.kind != "linear":
+        return None
+    return linear_head_shape(spec.path, storage)[1]

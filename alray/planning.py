@@ -1,0 +1,166 @@
+"""What a run would do, found before Ray starts: the shards, their problems, what can be reused.
+
+:func:`plan_job` checks the model's file, lists the pool, reads every parquet footer and checks it
+against the job's columns and the model's input width, and matches the output folder's commit
+records. It reads and never writes, and imports neither Ray nor torch, so ``alray plan`` and the
+start of ``alray run`` take seconds. A problem that every shard shares is a configuration error of
+the key it is about (exit 2), not a job that fails shard by shard after Ray has started.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from alray.config import JobSpec
+from alray.errors import ConfigError
+from alray.models.files import check_model_source, model_input_width
+from alray.output.commits import ShardRecord, load_records, scoring_hash, shard_key
+from alray.sources.files import access_refusals
+from alray.sources.images import plan_image_shards
+from alray.sources.parquet import ShardColumns
+from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
+
+__all__ = ["JobPlan", "columns_for", "format_plan", "plan_job"]
+
+_PROBLEMS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """The shards of a job and what a run would do with each.
+
+    Attributes:
+        spec: the job spec.
+        shards: every planned shard, in pool order.
+        scoring: the hash of everything that changes a shard's scores (model content, keys).
+        records: the commit records found under ``output.uri`` (empty with ``fresh``).
+        reusable: ids of the shards whose commit matches their current key: not scored again.
+    """
+
+    spec: JobSpec
+    shards: tuple[ShardSpec, ...]
+    scoring: str
+    records: dict[str, ShardRecord]
+    reusable: frozenset[str]
+
+    @property
+    def bad(self) -> list[ShardSpec]:
+        """Shards that planning already found bad."""
+        return [s for s in self.shards if s.problem is not None]
+
+    @property
+    def to_score(self) -> list[ShardSpec]:
+        """Shards a run would hand to actors."""
+        return [s for s in self.shards if s.problem is None and s.shard_id not in self.reusable]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.num_rows or 0 for s in self.shards)
+
+    def rows_of(self, shards: list[ShardSpec]) -> int:
+        return sum(s.num_rows or 0 for s in shards)
+
+
+def columns_for(spec: JobSpec, width: int | None) -> ShardColumns:
+    """The columns every shard of a parquet pool must hold, ``width`` being the model's D."""
+    pool = spec.pool
+    if pool.reads_images:
+        kind = "bytes" if pool.image_column else "uri"
+        key = "pool.image_column" if pool.image_column else "pool.image_uri_column"
+        return ShardColumns(pool.id_column, pool.image_source_column or "", pool.carry,
+                            value_key=key, image=pool.image, image_kind=kind)
+    if spec.model.kind == "precomputed":
+        return ShardColumns(pool.id_column, spec.model.column, pool.carry,
+                            value_key="model.column")
+    return ShardColumns(pool.id_column, pool.feature_column, pool.carry, width=width)
+
+
+def _plan_shards(spec: JobSpec) -> list[ShardSpec]:
+    storage = spec.fsspec_storage
+    pool = spec.pool
+    if pool.reads_images and pool.image_source_column is None:
+        return plan_image_shards(pool.uri, pool.rows_per_shard, storage)
+    files = list_pool_files(pool.uri, storage=storage)
+    columns = columns_for(spec, model_input_width(spec.model, storage))
+    return plan_shards(files, pool.rows_per_shard, storage, id_column=pool.id_column,
+                       columns=columns)
+
+
+def _every_shard_is_bad(shards: list[ShardSpec]) -> ConfigError:
+    """The configuration error for a pool none of whose shards can be scored."""
+    problems = Counter((s.problem.key, s.problem.kind, s.problem.message) for s in shards)
+    (key, kind, message), count = problems.most_common(1)[0]
+    files = len({s.uri for s in shards})
+    where = key if len(problems) == 1 and key else "pool.uri"
+    scope = (f"every pool file ({files})" if count == len(shards)
+             else f"{count} of {len(shards)} shards; the others have other problems")
+    return ConfigError(where, f"{message} [{kind}], in {scope}; nothing can be scored: fix the "
+                              "spec or the pool (`alray plan` lists each shard's problem)")
+
+
+def plan_job(spec: JobSpec, fresh: bool = False) -> JobPlan:
+    """Plan ``spec`` without Ray: list and shard the pool, check footers, match commits.
+
+    Args:
+        fresh: plan as ``alray run --fresh`` would: reuse nothing.
+
+    Raises:
+        ConfigError: the model file or pool is missing, or no shard could be scored (a problem
+            of every shard names the key it is about).
+        ModelError: a linear head's file is not a readable head.
+    """
+    check_model_source(spec.model, spec.fsspec_storage)
+    shards = _plan_shards(spec)
+    if shards and all(s.problem is not None for s in shards):
+        raise _every_shard_is_bad(shards)
+    scoring = scoring_hash(spec)
+    with access_refusals("output.uri", spec.output.uri):
+        records = {} if fresh else load_records(spec.output.uri, spec.fsspec_storage)
+    reusable = frozenset(
+        s.shard_id for s in shards
+        if s.problem is None and s.shard_id in records and records[s.shard_id].status == "done"
+        and records[s.shard_id].key == shard_key(s, scoring))
+    return JobPlan(spec, tuple(shards), scoring, records, reusable)
+
+
+def _verdict(plan: JobPlan) -> tuple[str, bool]:
+    """What ``alray run`` would do with the bad shards, and whether it would fail."""
+    bad, resources = len(plan.bad), plan.spec.resources
+    if not bad:
+        return "a run would score every shard it does not reuse", False
+    if resources.on_error == "fail":
+        return (f"a run would fail before scoring (resources.on_error: fail); fix the "
+                f"{bad} bad shard(s), or set resources.on_error: skip to quarantine them"), True
+    limit = resources.max_quarantined
+    allowed = limit * len(plan.shards) if isinstance(limit, float) else limit
+    if bad > allowed:
+        return (f"a run would fail: {bad} bad shard(s) are past resources.max_quarantined "
+                f"({limit}); fix them, or set resources.max_quarantined: {bad}"), True
+    return f"a run would quarantine the {bad} bad shard(s) and score the rest", False
+
+
+def format_plan(plan: JobPlan) -> tuple[str, bool]:
+    """The text ``alray plan`` prints, and whether a run would fail on what planning found."""
+    spec = plan.spec
+    to_score = plan.to_score
+    reused = [s for s in plan.shards if s.shard_id in plan.reusable]
+    files = len({s.uri for s in plan.shards})
+    lines = [
+        f"{spec.name}: plan (nothing ran; Ray was not started)",
+        f"  pool:    {', '.join(spec.pool.uri)}",
+        f"           {files:,} file(s), {len(plan.shards):,} shard(s), {plan.rows:,} rows",
+        f"  model:   {spec.model.kind} {spec.model.path or spec.model.column or ''}".rstrip(),
+        f"  output:  {spec.output.uri}",
+        f"  to score: {len(to_score):,} shard(s), {plan.rows_of(to_score):,} rows",
+        f"  reused:   {len(reused):,} shard(s), {plan.rows_of(reused):,} rows (committed under "
+        "the same key)",
+        f"  bad:      {len(plan.bad):,} shard(s)",
+    ]
+    for shard in plan.bad[:_PROBLEMS_SHOWN]:
+        lines.append(f"    {shard.where}: {shard.problem.message} [{shard.problem.kind}]")
+    if len(plan.bad) > _PROBLEMS_SHOWN:
+        lines.append(f"    ... and {len(plan.bad) - _PROBLEMS_SHOWN} more")
+    verdict, would_fail = _verdict(plan)
+    lines.append(f"  {verdict}")
+    return "\n".join(lines), would_fail

@@ -1,0 +1,59 @@
+"""The README's commands run as written, in order, as a new user would type them.
+
+`.ci/run` runs the two quick-start commands (install + demo, install tests + this suite); this test
+runs every later ```bash block, in a scratch copy of the repository whose `.venv` is the one the
+quick start made. A command that fails, or a README whose commands drift from the code, fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+VENV = ROOT / ".venv"
+
+
+def bash_blocks(text: str) -> list[tuple[str, str]]:
+    """``(section title, block)`` for each ```bash block, in order."""
+    found, section = [], ""
+    for part in re.split(r"(```bash\n.*?```)", text, flags=re.S):
+        if part.startswith("```bash"):
+            found.append((section, part[len("```bash\n"):-3].strip()))
+        else:
+            titles = re.findall(r"^#+ (.+)$", part, flags=re.M)
+            section = titles[-1] if titles else section
+    return found
+
+
+def test_readme_keeps_its_bash_blocks_in_the_guide():
+    sections = [section for section, _ in bash_blocks(README.read_text(encoding="utf-8"))]
+    assert sections[:2] == ["Quick start", "Quick start"], sections
+    assert "Running a job" in sections
+
+
+@pytest.mark.skipif(not (VENV / "bin" / "alray").exists(),
+                    reason="the README's commands use .venv/bin/alray, which the quick start "
+                           "installs; run the quick start first (CI does)")
+def test_readme_commands_run_as_written(tmp_path):
+    blocks = bash_blocks(README.read_text(encoding="utf-8"))[2:]  # after the quick start
+    assert blocks, "the README has no job-guide commands"
+    checkout = tmp_path / "alray"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "jobs/example", "alray-demo", "benchmarks", "__pycache__", ".*cache*"))
+    shutil.rmtree(checkout / "jobs" / "example", ignore_errors=True)
+    (checkout / ".venv").symlink_to(VENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "VIRTUAL_ENV"))}
+    for section, block in blocks:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=420)
+        assert done.returncode == 0, (f"README section {section!r}:\n{block}\nexit "
+                                      f"{done.returncode}\n{done.stdout[-2000:]}\n"
+                                      f"{done.stderr[-3000:]}")
+    assert (checkout / "jobs" / "example" / "out" / "selection.parquet").exists()
