@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 import alray
 from tests.conftest import write_head, write_pool, write_spec
