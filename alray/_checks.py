@@ -79,3 +79,29 @@ def float_list(value: Any, where: str) -> tuple[float, ...]:
     if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
         raise ConfigError(where, f"got {describe(value)}; expected a number or a list of numbers")
     return tuple(float(v) for v in items)
+
+
+def positive_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(where, f"got {describe(value)}; expected a number > 0")
+    return float(value)
+
+
+def index_or_name(value: Any, where: str) -> int | str:
+    """A class given by its index (an integer >= 0) or its name (a string)."""
+    if isinstance(value, str) and value:
+        return value
+    return int_at_least(0)(value, where)
+
+
+def strategy(names: tuple[str, ...]) -> Checker:
+    """A registered score name, or a user's own score as ``package.module:function``."""
+    def check(value: Any, where: str) -> str:
+        if isinstance(value, str) and value.count(":") == 1 and all(value.split(":")):
+            return value
+        if isinstance(value, str) and value in names:
+            return value
+        raise ConfigError(where, f"got {describe(value)}; expected one of {' | '.join(names)}, "
+                                 "or your own score as package.module:function")
+
+    return check

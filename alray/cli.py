@@ -70,7 +70,7 @@ def _spec(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from alray.planning import format_plan, plan_job
+    from alray.job.plan import format_plan, plan_job
 
     plan = plan_job(_spec(args), fresh=args.fresh)
     text, would_fail = format_plan(plan)

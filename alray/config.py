@@ -20,7 +20,7 @@ import yaml
 
 from alray import _checks as checks
 from alray.errors import ConfigError
-from alray.scoring.registry import SCORE_NAMES
+from alray.scoring.registry import SCORE_NAMES, SCORES, is_custom
 
 __all__ = [
     "JobSpec",
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("linear", "torchscript", "python", "precomputed")
+TASKS = ("classification", "regression")
 POOL_FORMATS = ("parquet", "images")
 IMAGE_SHARD_ROWS = 1_000  # images per shard when pool.shard_rows is not given
 
@@ -124,18 +125,32 @@ class PoolSpec:
 
 @_section
 class ModelSpec:
-    """The model that turns a batch of features into logits or probabilities."""
+    """The model that turns a batch of features into logits or probabilities: one model
+    (``path``), or a committee of models of one kind (``members``)."""
 
     kind: str = _spec(check=checks.one_of(*MODEL_KINDS))
     path: str | None = _spec(None, checks.string)
+    members: tuple[str, ...] | None = _spec(None, checks.string_list)
     column: str | None = _spec(None, checks.string)
     output: str = _spec("logits", checks.one_of("logits", "probs"))
+    task: str = _spec("classification", checks.one_of(*TASKS))
+    classes: tuple[str, ...] | None = _spec(None, checks.string_list)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The file (or ``package.module:factory``) of each model: ``members``, else ``path``."""
+        if self.members:
+            return self.members
+        return (self.path,) if self.path is not None else ()
 
 
 @_section
 class ScoringSpec:
-    strategy: str = _spec("entropy", checks.one_of(*SCORE_NAMES))
+    strategy: str = _spec("entropy", checks.strategy(SCORE_NAMES))
     batch_size: int = _spec(8192, checks.int_at_least(1))
+    mc_samples: int = _spec(0, checks.int_at_least(0))
+    target_class: int | str | None = _spec(None, checks.index_or_name)
+    seed: int = _spec(0, checks.int_at_least(0))
 
 
 @_section
@@ -161,6 +176,7 @@ class ResourcesSpec:
     on_error: str = _spec("fail", checks.one_of("fail", "skip"))
     max_attempts: int = _spec(3, checks.int_at_least(1))
     max_quarantined: float | int = _spec(0.1, checks.share_or_count)
+    actor_start_timeout: float = _spec(600.0, checks.positive_number)
 
 
 _SECRETS = ("key", "secret", "token", "session_token", "access_key", "secret_key",
@@ -365,8 +381,11 @@ class JobSpec:
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     pool = dataclasses.replace(spec.pool, uri=tuple(_resolve(u, base) for u in spec.pool.uri))
     model = spec.model
-    if model.path is not None and model.kind != "python":
-        model = dataclasses.replace(model, path=_resolve(model.path, base))
+    if model.kind != "python":
+        model = dataclasses.replace(
+            model, path=None if model.path is None else _resolve(model.path, base),
+            members=None if model.members is None else tuple(_resolve(m, base)
+                                                             for m in model.members))
     output = dataclasses.replace(spec.output, uri=_resolve(spec.output.uri, base))
     return dataclasses.replace(spec, pool=pool, model=model, output=output)
 
@@ -398,6 +417,7 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
             "selection.candidates",
             f"got {spec.selection.candidates}; must be >= selection.k ({spec.selection.k})",
         )
+    _check_scoring(spec)
     kind = spec.model.kind
     if spec.pool.format == "images":
         return _check_image_pool(spec)
@@ -417,13 +437,77 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
 
 
 def _check_model_path(spec: JobSpec) -> None:
-    kind = spec.model.kind
-    if spec.model.path is None:
-        raise ConfigError("model.path", f"required when model.kind is {kind}; name the "
-                                        "model's file (or package.module:factory)")
-    if kind == "python" and ":" not in spec.model.path:
-        raise ConfigError("model.path", f"got {spec.model.path!r}; a python model is named "
-                                        "'package.module:factory'")
+    model = spec.model
+    if model.path is not None and model.members is not None:
+        raise ConfigError("model.members", "give model.path (one model) or model.members (a "
+                                           "committee), not both")
+    if not model.sources:
+        raise ConfigError("model.path", f"required when model.kind is {model.kind}; name the "
+                                        "model's file (or package.module:factory), or list "
+                                        "model.members")
+    key = "model.members" if model.members else "model.path"
+    for source in model.sources:
+        if model.kind == "python" and ":" not in source:
+            raise ConfigError(key, f"got {source!r}; a python model is named "
+                                   "'package.module:factory'")
+
+
+def samples_per_row(spec: JobSpec) -> int:
+    """K: the model outputs per row (MC passes times committee members; 1 for one pass)."""
+    members = len(spec.model.members) if spec.model.members else 1
+    return max(1, spec.scoring.mc_samples) * members
+
+
+def _check_scoring(spec: JobSpec) -> None:
+    """The strategy against the model: samples, task, target class, embedding."""
+    model, scoring = spec.model, spec.scoring
+    if model.kind == "precomputed" and model.members:
+        raise ConfigError("model.members", "a precomputed output has no members; give "
+                                           "model.column only")
+    if scoring.mc_samples and model.kind in ("linear", "precomputed"):
+        raise ConfigError("scoring.mc_samples", f"got {scoring.mc_samples}; a {model.kind} model "
+                                                "has no dropout: MC dropout needs a python or "
+                                                "torchscript model with dropout modules")
+    if is_custom(scoring.strategy):
+        if model.task == "regression":
+            raise ConfigError("scoring.strategy", f"got {scoring.strategy!r}; your own score takes "
+                                                  "class probabilities [B, C, K], and "
+                                                  "model.task is regression: use variance")
+        return
+    score = SCORES[scoring.strategy]
+    if score.task != model.task:
+        fitting = [n for n, s in SCORES.items() if s.task == model.task]
+        raise ConfigError("scoring.strategy", f"got {scoring.strategy!r}, a {score.task} score; "
+                                              f"model.task is {model.task}, whose scores are: "
+                                              f"{', '.join(fitting)}")
+    if score.needs_samples and samples_per_row(spec) < 2:
+        raise ConfigError("scoring.strategy", f"got {scoring.strategy!r}, which compares K > 1 "
+                                              "samples per row; set scoring.mc_samples (MC "
+                                              "dropout) or model.members (a committee)")
+    if score.needs_target:
+        target_index(spec)
+    if score.needs_embedding and model.kind == "precomputed":
+        raise ConfigError("scoring.strategy", f"{scoring.strategy} needs an embedding; a "
+                                              "precomputed output has none: use a linear model, "
+                                              "or a model that returns (output, embedding)")
+
+
+def target_index(spec: JobSpec) -> int:
+    """``scoring.target_class`` as a class index (a name is looked up in ``model.classes``)."""
+    target, classes = spec.scoring.target_class, spec.model.classes
+    if target is None:
+        raise ConfigError("scoring.target_class", f"required by {spec.scoring.strategy}; give "
+                                                  "the class's index or its name")
+    if isinstance(target, str):
+        if not classes or target not in classes:
+            known = f"model.classes is {list(classes)}" if classes else "model.classes is unset"
+            raise ConfigError("scoring.target_class", f"got {target!r}, not a class name ({known});"
+                                                      " give an index or a name in model.classes")
+        return classes.index(target)
+    if classes and target >= len(classes):
+        raise ConfigError("scoring.target_class", f"got {target}; model.classes has "
+                                                  f"{len(classes)} classes (0..{len(classes) - 1})")
+    return target
 
 
 # ----------------------------------------------------------------------------------- overrides

@@ -150,7 +150,10 @@ def _report(result, pool_labels: np.ndarray, pool_predicted: np.ndarray, seconds
 
 
 def _pool_predictions(output_uri: str) -> np.ndarray:
-    scores = pq.read_table(Path(output_uri) / "scores", columns=["id", "predicted"])
+    from alray.output.folder import OutputFolder
+
+    scores = pq.read_table(OutputFolder(output_uri).path(OutputFolder.SCORES),
+                           columns=["id", "predicted"])
     return scores.sort_by("id")
 
 

@@ -31,6 +31,7 @@ ERROR_KINDS = frozenset(
         "decode_error",
         "missing_object",
         "retries_exhausted",
+        "out_of_memory",
     }
 )
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 
 from alray.errors import ConfigError
 from alray.output.commits import load_records
-from alray.sources.files import Storage, access_refusals, url_to_fs
+from alray.output.folder import OutputFolder
+from alray.sources.files import Storage, access_refusals
 
 __all__ = ["job_status", "format_status"]
 
@@ -31,20 +31,19 @@ def _driver_alive(job: dict) -> bool | None:
 def job_status(output_uri: str, storage: Storage | None = None) -> dict:
     """The job's state: ``status``, shard and row counts, rows per second, from ``job.json`` and
     the commit records; ``storage`` holds the spec's fsspec options (an S3 endpoint, say)."""
-    fs, root = url_to_fs(output_uri, storage)
-    try:
-        with access_refusals("OUT", output_uri):
-            job = json.loads(fs.cat_file(f"{root}/job.json"))
-    except FileNotFoundError:
+    folder = OutputFolder(output_uri, storage or {})
+    with access_refusals("OUT", output_uri):
+        job = folder.read_json(folder.JOB)
+    if not isinstance(job, dict):
         raise ConfigError("OUT", f"no job.json under {output_uri!r}; give a job's output folder "
-                                 "or its spec") from None
+                                 "or its spec")
     if job["status"] != "running":
         runs = job.get("runs") or [{}]
         return {"shards_left": 0, "shards_reused": job.get("shards_reused", 0), **job["counts"],
                 "name": job["name"], "status": job["status"],
                 "rows_per_second": job["rows_per_second"], "last_run": runs[-1],
                 "error": job.get("error")}
-    records = [r for r in load_records(output_uri, storage).values() if r.status == "done"]
+    records = [r for r in load_records(folder).values() if r.status == "done"]
     started = dt.datetime.fromisoformat(job["started"])
     elapsed = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     rows_done = sum(r.rows_in for r in records)

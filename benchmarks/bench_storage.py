@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from alray.config import ImageSpec  # noqa: E402
-from alray.sources.images import preprocess  # noqa: E402
+from alray.sources.decode import preprocess  # noqa: E402
 from benchmarks.bench_scan import DIM, write_head  # noqa: E402
 
 SHARD_ROWS = 125_000

@@ -22,16 +22,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alray.config import JobSpec  # noqa: E402
-from alray.models import load_model  # noqa: E402
+from alray.pipeline.batch import load_scorer  # noqa: E402
 from alray.reduce import TopKReducer  # noqa: E402
-from alray.runtime.scan import scan_shard  # noqa: E402
+from alray.pipeline.shard import scan_shard  # noqa: E402
 from alray.sources import list_pool_files, plan_shards  # noqa: E402
 from benchmarks.bench_scan import SHARD_ROWS, write_head, write_pool  # noqa: E402
 
 
 def score_pool(spec: JobSpec, device: str) -> tuple[float, TopKReducer]:
     shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)
-    model = load_model(spec.model, device)
+    model = load_scorer(spec, device)
     scan_shard(shards[0], spec, model)  # warm-up: CUDA context, kernels, page cache
     reducer = TopKReducer(spec.selection.k)
     if device == "cuda":
@@ -74,7 +74,7 @@ def check_images(count: int) -> None:
                 "scoring": {"batch_size": 128}, "selection": {"k": 50},
                 "output": {"uri": str(Path(tmp) / f"out-{device}")}})
             shard = plan_image_shards(spec.pool.uri, count)[0]
-            model = load_model(spec.model, device)
+            model = load_scorer(spec, device)
             started = time.perf_counter()
             outcome = scan_shard(shard, spec, model)
             seconds = time.perf_counter() - started

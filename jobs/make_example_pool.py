@@ -1,7 +1,10 @@
-"""Write the pool and head that jobs/example.yaml reads: jobs/example/{pool/, head.safetensors}.
+"""Write the pool and heads that jobs/example.yaml and jobs/committee.yaml read:
+jobs/example/{pool/, head.safetensors, committee/head-{0,1,2}.safetensors}.
 
 200,000 rows of 64-d float32 embeddings drawn around 10 class centres, in 8 parquet shards, with a
-`source` column to carry into the selection; a linear head that knows the centres only roughly.
+`source` column to carry into the selection; a linear head that knows the centres only roughly,
+and a committee of three such heads, each with its own error (as heads trained on different
+samples of the labels would be).
 
     python jobs/make_example_pool.py [--rows 200000] [--shards 8]
 """
@@ -18,6 +21,13 @@ from safetensors.numpy import save_file
 
 HERE = Path(__file__).resolve().parent
 DIM, CLASSES = 64, 10
+
+
+def save_head(centres: np.ndarray, path: Path) -> None:
+    """A linear head scoring each class by its (noisy) centre: nearest centre wins."""
+    temperature = 0.02  # a head about as unsure as a real one early in labeling
+    save_file({"weight": centres * temperature,
+               "bias": -0.5 * temperature * (centres ** 2).sum(1)}, str(path))
 
 
 def main() -> None:
@@ -42,9 +52,11 @@ def main() -> None:
         pq.write_table(table, pool / f"part-{i:04d}.parquet")
         first += len(rows)
     noisy = centres + rng.standard_normal(centres.shape).astype(np.float32) * 0.8
-    temperature = 0.02  # a head about as unsure as a real one early in labeling
-    save_file({"weight": noisy * temperature, "bias": -0.5 * temperature * (noisy ** 2).sum(1)},
-              str(args.out / "head.safetensors"))
+    save_head(noisy, args.out / "head.safetensors")
+    (args.out / "committee").mkdir(exist_ok=True)
+    for member in range(3):
+        noisy = centres + rng.standard_normal(centres.shape).astype(np.float32) * 0.8
+        save_head(noisy, args.out / "committee" / f"head-{member}.safetensors")
     print(f"wrote {args.rows:,} rows in {args.shards} shards to {pool}")
 
 

@@ -21,6 +21,10 @@ class _FaultyLinear(torch.nn.Module):
       one process); the taker SIGKILLs its own process, mid-shard.
     - ``pass-*``: while the folder holds ``gate``, a forward must take a pass token or block
       (writing ``blocked-<pid>`` with its Ray node id) until ``gate-open`` appears.
+    - ``litter-*``: the taker writes a complete temporary file (``.tmp-<pid>-litter.parquet``)
+      into the folder the token names, as an atomic write interrupted before its rename leaves,
+      then SIGKILLs its own process.
+    - ``broken-load`` (read by :func:`faulty_head`): loading the model fails.
     With none of these files it is a plain linear head, so an undisturbed run uses the same model.
     """
 
@@ -49,9 +53,21 @@ class _FaultyLinear(torch.nn.Module):
         while not (self.control / "gate-open").exists():
             time.sleep(0.05)  # waiting for the test to open the gate, not for time to pass
 
+    def _litter(self) -> bool:
+        for token in sorted(self.control.glob("litter-*")):
+            try:
+                folder = Path(token.read_text())
+                token.unlink()
+            except FileNotFoundError:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f".tmp-{os.getpid()}-litter.parquet").write_bytes(b"PAR1 half a commit")
+            return True
+        return False
+
     def forward(self, x):
         if self.control is not None:
-            if self._take("kill"):
+            if self._take("kill") or self._litter():
                 os.kill(os.getpid(), signal.SIGKILL)
             self._wait_at_gate()
         return self.linear(x)
@@ -59,7 +75,10 @@ class _FaultyLinear(torch.nn.Module):
 
 def faulty_head() -> torch.nn.Module:
     """:class:`_FaultyLinear` controlled by the folder in ``$ALRAY_TEST_FAULTS`` (if set)."""
-    return _FaultyLinear(os.environ.get("ALRAY_TEST_FAULTS"))
+    control = os.environ.get("ALRAY_TEST_FAULTS")
+    if control and (Path(control) / "broken-load").exists():
+        raise RuntimeError("this model's weights are broken on purpose")
+    return _FaultyLinear(control)
 
 
 class _SmallCnn(torch.nn.Module):
@@ -96,3 +115,47 @@ class _LinearWithEmbedding(torch.nn.Module):
 
 def linear_with_embedding() -> torch.nn.Module:
     return _LinearWithEmbedding()
+
+
+class _DropoutMlp(torch.nn.Module):
+    """8 features -> 32 -> ReLU -> Dropout(p) -> BatchNorm-free head of 4 classes; returns
+    (logits, the hidden layer) so candidates carry an embedding."""
+
+    def __init__(self, p: float, dropout: bool = True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = torch.nn.Linear(8, 32)
+        self.dropout = torch.nn.Dropout(p) if dropout else torch.nn.Identity()
+        self.norm = torch.nn.BatchNorm1d(32)  # must stay in eval under MC dropout
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        hidden = self.norm(torch.relu(self.hidden(x)))
+        return self.head(self.dropout(hidden)), hidden
+
+
+def mlp_dropout() -> torch.nn.Module:
+    return _DropoutMlp(0.5)
+
+
+def mlp_dropout_p0() -> torch.nn.Module:
+    return _DropoutMlp(0.0)
+
+
+def mlp_without_dropout() -> torch.nn.Module:
+    return _DropoutMlp(0.5, dropout=False)
+
+
+def first_class_probability(probs: torch.Tensor) -> torch.Tensor:
+    """A user's own score over ``[B, C, K]`` probabilities: the mean probability of class 0."""
+    return probs[:, 0, :].mean(dim=-1)
+
+
+class _OutOfMemory(torch.nn.Module):
+    def forward(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def out_of_memory() -> torch.nn.Module:
+    """A model whose every forward runs out of GPU memory, as torch reports it."""
+    return _OutOfMemory()

@@ -258,8 +258,8 @@ def test_shard_whose_id_type_differs_from_the_first_shards(tmp_path):
 def test_file_changed_between_planning_and_reading(tmp_path, change, kind):
     """The actor's own code path, without Ray: plan, then delete the file (or put a directory in
     its place: unreadable even for root), then scan the shard."""
-    from alray.models import load_model
-    from alray.runtime.scan import scan_shard
+    from alray.pipeline.batch import load_scorer
+    from alray.pipeline.shard import scan_shard
     from alray.sources import list_pool_files, plan_shards
 
     pool, _ = _pool_with(tmp_path, [])
@@ -268,7 +268,7 @@ def test_file_changed_between_planning_and_reading(tmp_path, change, kind):
     (pool / "part-001.parquet").unlink()
     if change == "directory":
         (pool / "part-001.parquet").mkdir()
-    outcome = scan_shard(shards[1], spec, load_model(spec.model))
+    outcome = scan_shard(shards[1], spec, load_scorer(spec))
     assert outcome.status == "quarantined"
     assert outcome.errors[0]["kind"] == kind
     assert outcome.rows_in == outcome.rows_quarantined == 60
@@ -283,3 +283,21 @@ def test_file_the_process_cannot_read(tmp_path):
     result = alray.run(alray.JobSpec.from_yaml(spec))
     assert [e["kind"] for e in _errors(tmp_path / "out")] == ["unreadable"]
     assert result.counts["rows_scored"] == 100
+
+
+def test_out_of_gpu_memory_is_said_as_such(tmp_path):
+    """A model that runs out of GPU memory is not a schema problem: the shard says what happened
+    and which key to lower."""
+    from alray.pipeline.batch import load_scorer
+    from alray.pipeline.shard import scan_shard
+    from alray.sources import list_pool_files, plan_shards
+
+    _pool_with(tmp_path, [])
+    spec = alray.JobSpec.from_yaml(write_spec(
+        tmp_path, model={"kind": "python", "path": "tests.models:out_of_memory"},
+        resources={"on_error": "skip"}))
+    shard = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)[0]
+    outcome = scan_shard(shard, spec, load_scorer(spec))
+    assert outcome.status == "quarantined"
+    assert outcome.errors[0]["kind"] == "out_of_memory"
+    assert "lower scoring.batch_size" in outcome.errors[0]["message"]

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from alray.config import JobSpec
-from alray.models import load_model
-from alray.runtime.embeddings import CandidateEmbeddings, EmbeddingsIncomplete
-from alray.runtime.scan import scan_shard
+from alray.pipeline.batch import load_scorer
+from alray.pipeline.vectors import CandidateVectors, VectorsIncomplete
+from alray.pipeline.shard import scan_shard
 from alray.sources import list_pool_files, plan_shards
 from tests.conftest import write_pool
 
@@ -17,27 +17,27 @@ from tests.conftest import write_pool
 @pytest.mark.parametrize("seed", range(5))
 def test_kept_vectors_cover_the_top_m(seed):
     rng = np.random.default_rng(seed)
-    m, kept = 20, CandidateEmbeddings(20)
+    m, kept = 20, CandidateVectors(20)
     all_scores, first = [], 0
     for size in rng.integers(1, 60, size=15):
         scores = rng.choice(np.linspace(0, 1, 30), size=size).astype(np.float32)  # many ties
         rows = np.arange(first, first + size)
-        kept.add(rows, scores, np.stack([rows, rows * 2], axis=1).astype(np.float32))
+        kept.add(rows, scores, {"embedding": np.stack([rows, rows * 2], axis=1).astype(np.float32)})
         all_scores.append(scores)
         first += size
     scores = np.concatenate(all_scores)
     top = np.lexsort((np.arange(len(scores)), -scores))[:m]
-    column = kept.column(top).to_numpy(zero_copy_only=False)
+    column = kept.columns(top)["embedding"].to_numpy(zero_copy_only=False)
     assert np.array_equal(np.stack(column)[:, 0], top)
     assert len(kept._rows) <= 2 * m + 60  # bounded by candidates, not by rows seen
 
 
 def test_a_let_go_row_is_reported():
-    kept = CandidateEmbeddings(1)
-    kept.add(np.array([0, 1]), np.array([0.9, 0.1], np.float32), np.ones((2, 2), np.float32))
-    kept.add(np.array([2]), np.array([0.95], np.float32), np.ones((1, 2), np.float32))
-    with pytest.raises(EmbeddingsIncomplete):
-        kept.column(np.array([1]))
+    kept = CandidateVectors(1)
+    kept.add(np.array([0, 1]), np.array([0.9, 0.1], np.float32), {"e": np.ones((2, 2), np.float32)})
+    kept.add(np.array([2]), np.array([0.95], np.float32), {"e": np.ones((1, 2), np.float32)})
+    with pytest.raises(VectorsIncomplete):
+        kept.columns(np.array([1]))
 
 
 def _spec(tmp_path, pool):
@@ -52,7 +52,7 @@ def test_candidates_carry_the_models_embedding(tmp_path):
     paths = write_pool(tmp_path / "pool", [200], dim=8, seed=4)
     spec = _spec(tmp_path, tmp_path / "pool")
     shard = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)[0]
-    outcome = scan_shard(shard, spec, load_model(spec.model))
+    outcome = scan_shard(shard, spec, load_scorer(spec))
     candidates = outcome.candidates
     assert candidates.num_rows == 8
     x = pq.read_table(paths[0]).column("embedding").to_numpy(zero_copy_only=False)
@@ -73,7 +73,7 @@ def test_repeated_ids_fall_back_to_keeping_every_vector(tmp_path):
     pq.write_table(table.set_column(0, "id", pa.array(ids)), paths[0])
     spec = _spec(tmp_path, tmp_path / "pool")
     shard = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)[0]
-    outcome = scan_shard(shard, spec, load_model(spec.model))
+    outcome = scan_shard(shard, spec, load_scorer(spec))
     assert outcome.rows_scored == 60 and outcome.rows_quarantined == 60
     rows = outcome.candidates.column("row").to_pylist()
     assert all(row < 60 for row in rows)

@@ -6,6 +6,7 @@ same scores files, every pool row scored exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -188,3 +189,84 @@ def test_node_lost_mid_job(tmp_path, faults, undisturbed):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["removed_node_held_actor"]
     assert_same_outputs(tmp_path / "out", undisturbed)
+
+
+# ----------------------------------------------------------------------------------- defects
+
+
+@contextlib.contextmanager
+def _blocked_run(spec, faults):
+    """`alray run` in a subprocess (its own private Ray) with both actors blocked mid-shard;
+    on the way out the gate opens and every process of the run is ended."""
+    (faults / "gate").touch()
+    driver = _cli("run", spec)
+    try:
+        _wait_for(lambda: len(list(faults.glob("blocked-*"))) >= 2, "two blocked actors")
+        yield driver
+    finally:
+        (faults / "gate-open").touch()
+        for blocked in faults.glob("blocked-*"):
+            _kill(int(blocked.name.split("-")[1]))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+def test_a_job_whose_ray_dies_ends_with_a_message(tmp_path, faults):
+    """The private Ray's raylet is killed while both actors are mid-shard: the driver ends
+    within a minute or so, exit 1, saying what happened and that the same command resumes."""
+    import psutil  # Ray ships it
+
+    with _blocked_run(make_job(tmp_path, scoring={"batch_size": ROWS}), faults) as driver:
+        raylets = [p for p in psutil.Process(driver.pid).children(recursive=True)
+                   if p.name() == "raylet"]
+        assert len(raylets) == 1
+        raylets[0].kill()
+        killed = time.monotonic()
+        _, stderr = driver.communicate(timeout=240)
+        waited = time.monotonic() - killed
+    assert driver.returncode == 1, stderr
+    assert "the Ray cluster went away mid-job" in stderr, stderr
+    assert "run the same command again to resume" in stderr, stderr
+    assert waited < 150, f"the driver took {waited:.0f} s to notice"
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["status"] == "failed"
+
+
+def test_a_gpu_on_a_ray_without_gpus_is_a_configuration_error(tmp_path):
+    spec = make_job(tmp_path, resources={"gpus_per_actor": 1})
+    driver = _cli("run", spec)
+    _, stderr = driver.communicate(timeout=240)
+    assert driver.returncode == 2, stderr
+    assert "resources.gpus_per_actor: got 1; this machine's Ray has no GPU" in stderr, stderr
+
+
+def test_actors_a_cluster_cannot_place_end_the_job_naming_the_resources(tmp_path):
+    """On a Ray the job joined (which might grow), actors wait for resources up to
+    ``resources.actor_start_timeout``, then the job ends naming what they ask for."""
+    spec = make_job(tmp_path, resources={"gpus_per_actor": 1, "actor_start_timeout": 2})
+    with pytest.raises(alray.JobFailed, match=r"no scoring actor started within 2 s .*GPU 1"):
+        alray.run(alray.JobSpec.from_yaml(spec), progress=False)
+
+
+def test_a_replacement_actor_whose_model_fails_to_load_fails_the_job(tmp_path, faults):
+    """Both actors load and block mid-shard; the model's weights then break and one actor is
+    killed: its replacement cannot load the model, and the job ends with that cause (exit 2)
+    instead of scoring with no model."""
+    with _blocked_run(make_job(tmp_path, scoring={"batch_size": ROWS}), faults) as driver:
+        (faults / "broken-load").touch()
+        _kill(int(sorted(faults.glob("blocked-*"))[0].name.split("-")[1]))
+        _, stderr = driver.communicate(timeout=240)
+    assert driver.returncode == 2, stderr
+    assert "broken on purpose" in stderr, stderr
+
+
+def test_a_dead_attempts_temporary_file_is_gone_when_the_job_ends(tmp_path, faults, undisturbed):
+    """An actor dies right after writing a complete temporary scores file (as a kill between an
+    atomic write and its rename leaves); the finished job's folder holds no trace of it."""
+    spec = make_job(tmp_path, scoring={"batch_size": 50})
+    (faults / "litter-000").write_text(str(tmp_path / "out" / "scores"))
+    alray.run(alray.JobSpec.from_yaml(spec), progress=False)
+    assert not (faults / "litter-000").exists()  # the fault happened
+    out = tmp_path / "out"
+    assert not [p.name for p in out.rglob(".*")], "temporary or hidden files were left"
+    assert not (out / "_lock.json").exists()
+    assert_same_outputs(out, undisturbed)

@@ -191,7 +191,7 @@ def test_help_and_spec_checks_import_neither_torch_nor_ray(tmp_path):
     spec = _job(tmp_path)
     script = ("import sys, alray, alray.cli\n"
               f"alray.JobSpec.from_yaml({str(spec)!r})\n"
-              "from alray.planning import plan_job\n"
+              "from alray.job.plan import plan_job\n"
               f"plan_job(alray.JobSpec.from_yaml({str(spec)!r}))\n"
               "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -205,7 +205,7 @@ def test_help_and_spec_checks_import_neither_torch_nor_ray(tmp_path):
 def test_progress_rate_counts_scoring_only_and_gives_an_eta():
     import io
 
-    from alray.runtime.progress import Progress, format_seconds
+    from alray.job.progress import Progress, format_seconds
 
     stream = io.StringIO()
     progress = Progress(stream=stream, bar=True)

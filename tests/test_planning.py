@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import alray
-from alray.planning import format_plan, plan_job
+from alray.job.plan import format_plan, plan_job
 from tests.conftest import embedding_array, write_head, write_pool, write_spec
 
 ROOT = Path(__file__).resolve().parent.parent

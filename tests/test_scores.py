@@ -20,10 +20,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alray.scoring import (
-    SCORES,
+from alray.scoring import SCORES
+from alray.scoring.uncertainty import (
     entropy,
-    invalid_rows,
     least_confidence,
     log_probs_from_logits,
     log_probs_from_probs,
@@ -31,7 +30,7 @@ from alray.scoring import (
     ratio,
     score_all,
 )
-from alray.scoring.validity import PROB_SUM_TOLERANCE
+from alray.scoring.validity import PROB_SUM_TOLERANCE, invalid_rows
 
 SCORE_NAMES = ["least_confidence", "margin", "ratio", "entropy"]
 SCORE_FUNCTIONS = {"least_confidence": least_confidence, "margin": margin, "ratio": ratio,
@@ -178,7 +177,7 @@ def assert_predicted_is_argmax(predicted: torch.Tensor, log_probs: torch.Tensor,
 def test_score_matches_reference(name, shape):
     rng = np.random.default_rng(sum(shape) * 101 + SCORE_NAMES.index(name))
     logits = torch.from_numpy(make_logits(rng, *shape)).float()
-    scores = SCORES[name].fn(log_probs_from_logits(logits))
+    scores = SCORES[name].load()(log_probs_from_logits(logits))
     assert scores.shape == (shape[0],)
     assert_close_to(scores, reference_from_logits(logits)[name], atol=1e-5)
     assert_in_unit_interval(scores)
@@ -305,7 +304,7 @@ def uniform_log_probs(c: int, dtype: torch.dtype) -> list[torch.Tensor]:
 def test_uniform_rows_score_one(name, c):
     for dtype in INPUT_DTYPES:
         for log_probs in uniform_log_probs(c, dtype):
-            for scores in (SCORES[name].fn(log_probs), score_all(log_probs)[name]):
+            for scores in (SCORES[name].load()(log_probs), score_all(log_probs)[name]):
                 assert_close_to(scores, np.ones(len(scores)), atol=1e-6)
                 assert_in_unit_interval(scores)
 
@@ -316,7 +315,7 @@ def test_one_hot_probabilities_score_zero(name, c):
     hot = torch.tensor([0, c - 1, c // 2, 1])
     for dtype in INPUT_DTYPES:
         log_probs = log_probs_from_probs(torch.nn.functional.one_hot(hot, c).to(dtype))
-        for scores in (SCORES[name].fn(log_probs), score_all(log_probs)[name]):
+        for scores in (SCORES[name].load()(log_probs), score_all(log_probs)[name]):
             assert not torch.isnan(scores).any()
             assert (scores == 0).all(), scores
         out = score_all(log_probs)
@@ -327,12 +326,13 @@ def test_one_hot_probabilities_score_zero(name, c):
 # ------------------------------------------------------------------------------- registry
 
 
-def test_registry_maps_each_name_to_its_function():
-    assert set(SCORES) == set(SCORE_NAMES)
+def test_registry_entries_load_their_kernels():
     for name in SCORE_NAMES:
-        assert SCORES[name].fn is SCORE_FUNCTIONS[name]
+        assert SCORES[name].load() is SCORE_FUNCTIONS[name]
         assert not SCORES[name].needs_samples
-        assert SCORES[name].description
+    for score in SCORES.values():
+        assert callable(score.load()), score.name
+        assert score.formula and score.value_range and score.inputs
 
 
 # ------------------------------------------------------------------------------- validity

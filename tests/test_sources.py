@@ -13,8 +13,8 @@ import pytest
 
 from alray.config import JobSpec
 from alray.errors import ConfigError
-from alray.models import load_model
-from alray.runtime.scan import scan_shard
+from alray.pipeline.batch import load_scorer
+from alray.pipeline.shard import scan_shard
 from alray.sources import ShardColumns, list_pool_files, plan_shards, read_shard, shard_id
 from alray.sources.parquet import decode_values
 from tests.conftest import embedding_array, write_head, write_pool
@@ -128,7 +128,7 @@ def test_memory_filesystem_plan_read_and_score(tmp_path):
     shards = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)
     assert [s.num_rows for s in shards] == [30, 0, 45]
     assert all(s.uri.startswith("memory://") for s in shards)
-    model = load_model(spec.model)
+    model = load_scorer(spec)
     outcomes = [scan_shard(s, spec, model) for s in shards]
     assert [o.status for o in outcomes] == ["done"] * 3
     assert [o.rows_scored for o in outcomes] == [30, 0, 45]
@@ -151,7 +151,7 @@ def test_pickled_weights_are_refused(tmp_path):
                               "model": {"kind": "linear", "path": str(tmp_path / "head.npz")},
                               "selection": {"k": 1}, "output": {"uri": str(tmp_path / "out")}})
     with pytest.raises(ModelError, match="not a readable .npz file"):
-        load_model(spec.model)
+        load_scorer(spec)
 
 
 def test_transient_errors_are_retried_with_backoff_and_others_are_not():

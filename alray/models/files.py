@@ -22,19 +22,25 @@ __all__ = ["check_model_source", "linear_head_shape", "model_input_width"]
 _SAFETENSORS_MAX_HEADER = 100 * 2**20  # the format's own limit
 
 
+def _key(spec: ModelSpec) -> str:
+    return "model.members" if spec.members else "model.path"
+
+
 def check_model_source(spec: ModelSpec, storage: Storage | None = None) -> None:
-    """Driver-side check that the model file exists, before any work starts."""
+    """Driver-side check that every model file exists (each member's), before any work starts."""
     if spec.kind in ("python", "precomputed"):
         return
-    fs, path = url_to_fs(spec.path, storage)
-    with access_refusals("model.path", spec.path):
-        try:
-            is_file = fs.info(path)["type"] == "file"
-        except FileNotFoundError:
-            is_file = False
-    if not is_file:
-        raise ConfigError("model.path", f"no file at {spec.path!r}; give the path of the "
-                                        f"{spec.kind} model's weights")
+    key = _key(spec)
+    for source in spec.sources:
+        fs, path = url_to_fs(source, storage)
+        with access_refusals(key, source):
+            try:
+                is_file = fs.info(path)["type"] == "file"
+            except FileNotFoundError:
+                is_file = False
+        if not is_file:
+            raise ConfigError(key, f"no file at {source!r}; give the path of the {spec.kind} "
+                                   "model's weights")
 
 
 def _safetensors_shapes(f) -> dict[str, tuple[int, ...]]:
@@ -85,7 +91,16 @@ def linear_head_shape(uri: str, storage: Storage | None = None) -> tuple[int, in
 
 
 def model_input_width(spec: ModelSpec, storage: Storage | None = None) -> int | None:
-    """D, where the model's file fixes it without loading (a ``linear`` head), else None."""
+    """D, where the model's files fix it without loading (``linear`` heads), else None.
+
+    Raises:
+        ConfigError: a committee's heads differ in shape.
+    """
     if spec.kind != "linear":
         return None
-    return linear_head_shape(spec.path, storage)[1]
+    shapes = {source: linear_head_shape(source, storage) for source in spec.sources}
+    if len(set(shapes.values())) > 1:
+        found = ", ".join(f"{source} [{c}, {d}]" for source, (c, d) in shapes.items())
+        raise ConfigError("model.members", f"the heads differ in shape ({found}); a committee's "
+                                           "members share their classes and input width")
+    return next(iter(shapes.values()))[1]

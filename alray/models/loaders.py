@@ -28,7 +28,7 @@ from alray.config import ModelSpec
 from alray.errors import ModelError
 from alray.sources.files import Storage, open_file
 
-__all__ = ["LoadedModel", "MODEL_LOADERS", "load_model", "as_two_classes"]
+__all__ = ["LoadedModel", "MODEL_LOADERS", "as_two_classes", "load_members", "load_model"]
 
 
 @dataclass
@@ -40,25 +40,31 @@ class LoadedModel:
         output: ``"logits"`` or ``"probs"``.
         input_width: D where the model fixes it, else None.
         device: where the module lives.
+        features_are_embedding: the input features are the embedding (a linear head's input is
+            the last layer's input, as expected_gradient_length and diversity need).
     """
 
     module: torch.nn.Module | None
     output: str
     input_width: int | None
     device: torch.device
+    features_are_embedding: bool = False
 
     def __call__(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[B, ...]`` -> (``[B, C]`` output, ``[B, E]`` embedding or None).
 
         A model returns its output, or a pair (output, embedding) such as its penultimate layer.
+        A ``[B]`` output (one regression target, or one binary logit) reads as ``[B, 1]``.
         """
         if self.module is None:
             return features, None
         with torch.inference_mode():
             out = self.module(features)
-        embedding = None
+        embedding = features if self.features_are_embedding else None
         if isinstance(out, (tuple, list)):
             out, embedding = out[0], (out[1] if len(out) > 1 else None)
+        if isinstance(out, torch.Tensor) and out.ndim == 1:
+            out = out[:, None]
         _check_shape(out, len(features), "output [B, C]")
         if embedding is not None:
             _check_shape(embedding, len(features), "embedding [B, E]")
@@ -88,6 +94,11 @@ def as_two_classes(output: torch.Tensor, kind: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- loaders
 
 
+def _key(spec: ModelSpec) -> str:
+    """The spec key that named the model's files, for messages."""
+    return "model.members" if spec.members else "model.path"
+
+
 def _read_bytes(uri: str, storage: Storage) -> bytes:
     try:
         with open_file(uri, "rb", storage) as f:
@@ -113,53 +124,61 @@ def _linear_tensors(uri: str, blob: bytes) -> dict[str, np.ndarray]:
     raise ModelError(f"model.path: {uri!r}: a linear head is a .safetensors or .npz file")
 
 
-def _load_linear(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
-    tensors = _linear_tensors(spec.path, _read_bytes(spec.path, storage))
+def _load_linear(source: str, spec: ModelSpec, device: torch.device,
+                 storage: Storage) -> LoadedModel:
+    tensors = _linear_tensors(source, _read_bytes(source, storage))
     weight, bias = tensors.get("weight"), tensors.get("bias")
     if weight is None or bias is None or weight.ndim != 2 or bias.shape != (weight.shape[0],):
         found = {k: tuple(v.shape) for k, v in tensors.items()}
-        raise ModelError(f"model.path: {spec.path!r} holds {found}; a linear head needs "
+        raise ModelError(f"{_key(spec)}: {source!r} holds {found}; a linear head needs "
                          "'weight' [C, D] and 'bias' [C]")
     classes, width = weight.shape
     if classes < 1:
-        raise ModelError(f"model.path: {spec.path!r} has {classes} classes; need at least 2 "
+        raise ModelError(f"{_key(spec)}: {source!r} has {classes} classes; need at least 2 "
                          "(or 1 logit for a binary head)")
     layer = torch.nn.Linear(width, classes)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
         layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
-    return LoadedModel(layer.to(device).eval(), spec.output, width, device)
+    return LoadedModel(layer.to(device).eval(), spec.output, width, device,
+                       features_are_embedding=True)
 
 
-def _load_torchscript(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
-    blob = _read_bytes(spec.path, storage)
+def _load_torchscript(source: str, spec: ModelSpec, device: torch.device,
+                      storage: Storage) -> LoadedModel:
+    blob = _read_bytes(source, storage)
     try:
         module = torch.jit.load(io.BytesIO(blob), map_location=device)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model.path: {spec.path!r} is not a TorchScript archive ({message})")
+        raise ModelError(f"{_key(spec)}: {source!r} is not a TorchScript archive ({message})")
     return LoadedModel(module.eval(), spec.output, None, device)
 
 
-def _load_python(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
-    module_name, _, attr = spec.path.partition(":")
+def _load_python(source: str, spec: ModelSpec, device: torch.device,
+                 storage: Storage) -> LoadedModel:
+    module_name, _, attr = source.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"model.path: cannot import {spec.path!r} ({exc}); the module must be "
+        raise ModelError(f"{_key(spec)}: cannot import {source!r} ({exc}); the module must be "
                          "importable on every Ray worker") from None
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:
+        raise ModelError(f"{_key(spec)}: {source}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelError(f"model.path: {spec.path!r} returned {type(module).__name__}, "
+        raise ModelError(f"{_key(spec)}: {source!r} returned {type(module).__name__}, "
                          "not a torch.nn.Module")
     return LoadedModel(module.to(device).eval(), spec.output, None, device)
 
 
-def _load_precomputed(spec: ModelSpec, device: torch.device, storage: Storage) -> LoadedModel:
+def _load_precomputed(source: str | None, spec: ModelSpec, device: torch.device,
+                      storage: Storage) -> LoadedModel:
     return LoadedModel(None, spec.output, None, device)
 
 
-Loader = Callable[[ModelSpec, torch.device, Storage], LoadedModel]
+Loader = Callable[[str | None, ModelSpec, torch.device, Storage], LoadedModel]
 MODEL_LOADERS: dict[str, Loader] = {
     "linear": _load_linear,
     "torchscript": _load_torchscript,
@@ -169,10 +188,18 @@ MODEL_LOADERS: dict[str, Loader] = {
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu",
-               storage: Storage | None = None) -> LoadedModel:
-    """Load the model ``spec`` names onto ``device``.
+               storage: Storage | None = None, source: str | None = None) -> LoadedModel:
+    """Load the model ``spec`` names onto ``device``: ``source`` (one of ``spec.sources``), or
+    ``spec.path``.
 
     Raises:
         ModelError: the file is missing or malformed, or the head has no classes.
     """
-    return MODEL_LOADERS[spec.kind](spec, torch.device(device), storage or {})
+    return MODEL_LOADERS[spec.kind](source or spec.path, spec, torch.device(device),
+                                    storage or {})
+
+
+def load_members(spec: ModelSpec, device: torch.device | str = "cpu",
+                 storage: Storage | None = None) -> list[LoadedModel]:
+    """Every model of ``spec`` (its committee's members, or its one model), each loaded once."""
+    return [load_model(spec, device, storage, source) for source in spec.sources or (None,)]

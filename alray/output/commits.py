@@ -16,7 +16,10 @@ scores, while changing ``k`` or ``actors`` rescores nothing.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,41 +27,74 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alray.config import JobSpec
-from alray.sources.files import (Storage, atomic_write, join_uri, open_file, parquet_bytes,
-                                 url_to_fs)
+from alray.errors import ConfigError
+from alray.output.folder import OutputFolder
+from alray.sources.files import open_file, parquet_bytes
 from alray.sources.plan import ShardSpec
 
-__all__ = ["ShardRecord", "scoring_hash", "shard_key", "write_commit", "load_records",
-           "read_candidates", "record_uri", "candidates_uri", "COMMITS_DIR"]
+__all__ = ["SCORING_KEYS", "ShardRecord", "load_records", "model_content_hash", "read_candidates",
+           "scoring_hash", "scoring_keys", "shard_key", "write_commit"]
 
-COMMITS_DIR = "_shards"
-# Spec keys whose change alters a shard's stored scores or candidates' columns.
-SCORING_KEYS = ("pool.id_column", "pool.feature_column", "pool.carry", "model", "scoring.strategy")
+#: Spec keys whose change alters a shard's stored scores or its candidates' columns: what is read
+#: (columns, image preprocessing), the model (kind, members, output, task, classes) and the
+#: score. With MC dropout the masks follow the seed, the batches and the device's generator, so
+#: ``scoring.seed``, ``scoring.batch_size`` and ``resources.gpus_per_actor`` count too
+#: (:func:`scoring_keys`).
+SCORING_KEYS = ("pool.format", "pool.id_column", "pool.feature_column", "pool.image_column",
+                "pool.image_uri_column", "pool.image", "pool.carry", "model", "scoring.strategy",
+                "scoring.mc_samples", "scoring.target_class")
+_MC_KEYS = ("scoring.seed", "scoring.batch_size", "resources.gpus_per_actor")
 _RECORD_THREADS = 16
 
 
-def record_uri(output_uri: str, shard_id: str) -> str:
-    return join_uri(output_uri, COMMITS_DIR, f"{shard_id}.json")
+def scoring_keys(spec: JobSpec) -> tuple[str, ...]:
+    """The spec keys whose change rescores a shard (see :data:`SCORING_KEYS`)."""
+    return SCORING_KEYS + (_MC_KEYS if spec.scoring.mc_samples else ())
 
 
-def candidates_uri(output_uri: str, shard_id: str) -> str:
-    return join_uri(output_uri, COMMITS_DIR, f"{shard_id}.candidates.parquet")
+def _python_source(source: str) -> str:
+    """The file of a ``package.module:factory`` model's module (found without importing it)."""
+    module = source.partition(":")[0]
+    added = os.getcwd() not in sys.path  # the actors import it with the driver's cwd on the path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    if found is None or not found.origin or not os.path.isfile(found.origin):
+        raise ConfigError("model.path", f"cannot find the module of {source!r} on this machine; "
+                                        "it must be importable where `alray run` runs and on "
+                                        "every Ray worker")
+    return found.origin
 
 
-def _model_content_hash(spec: JobSpec) -> str:
-    """sha256 of the model file (weights change -> hash changes); the factory name for python."""
-    if spec.model.kind in ("python", "precomputed"):
-        return hashlib.sha256(repr((spec.model.kind, spec.model.path)).encode()).hexdigest()
+def _file_hash(uri: str, storage) -> str:
     digest = hashlib.sha256()
-    with open_file(spec.model.path, "rb", spec.fsspec_storage) as f:
+    with open_file(uri, "rb", storage) as f:
         for block in iter(lambda: f.read(8 * 2**20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
+def model_content_hash(spec: JobSpec) -> str:
+    """sha256 over the content of every model file (new weights, or an edited ``python`` model's
+    module, change it); a precomputed output has none."""
+    model = spec.model
+    if model.kind == "precomputed":
+        return ""
+    files = ([_python_source(s) for s in model.sources] if model.kind == "python"
+             else list(model.sources))
+    hashes = [_file_hash(f, spec.fsspec_storage) for f in files]
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
 def scoring_hash(spec: JobSpec) -> str:
     """One hash of the model's content and the spec keys that change scores."""
-    return hashlib.sha256((spec.digest(SCORING_KEYS) + _model_content_hash(spec)).encode()
+    return hashlib.sha256((spec.digest(scoring_keys(spec)) + model_content_hash(spec)).encode()
                           ).hexdigest()
 
 
@@ -86,13 +122,11 @@ class ShardRecord:
         return json.dumps(self.__dict__, default=str).encode()
 
 
-def write_commit(output_uri: str, record: ShardRecord, candidates: pa.Table | None,
-                 storage: Storage | None = None) -> None:
+def write_commit(folder: OutputFolder, record: ShardRecord, candidates: pa.Table | None) -> None:
     """Commit a shard whose scores file is already written: candidates, then the record."""
     if candidates is not None:
-        atomic_write(candidates_uri(output_uri, record.shard_id), parquet_bytes(candidates),
-                     storage)
-    atomic_write(record_uri(output_uri, record.shard_id), record.to_json(), storage)
+        folder.write(folder.candidates(record.shard_id), parquet_bytes(candidates))
+    folder.write(folder.record(record.shard_id), record.to_json())
 
 
 def _read_record(fs, path: str) -> ShardRecord | None:
@@ -102,17 +136,16 @@ def _read_record(fs, path: str) -> ShardRecord | None:
         return None
 
 
-def load_records(output_uri: str, storage: Storage | None = None) -> dict[str, ShardRecord]:
-    """Every readable commit record under ``output_uri``, by shard id."""
-    fs, root = url_to_fs(join_uri(output_uri, COMMITS_DIR), storage)
-    if not fs.isdir(root):
-        return {}
-    paths = [p for p in fs.find(root) if p.endswith(".json")]
+def load_records(folder: OutputFolder) -> dict[str, ShardRecord]:
+    """Every readable commit record in ``folder``, by shard id."""
+    fs, _ = folder.fs()
+    paths = [p for p in folder.listing(folder.COMMITS) if p.endswith(".json")
+             and folder.shard_of(p) is not None]
     with ThreadPoolExecutor(_RECORD_THREADS) as pool:
         records = [r for r in pool.map(lambda p: _read_record(fs, p), paths) if r is not None]
     return {r.shard_id: r for r in records}
 
 
-def read_candidates(output_uri: str, shard_id: str, storage: Storage | None = None) -> pa.Table:
-    with open_file(candidates_uri(output_uri, shard_id), "rb", storage) as f:
+def read_candidates(folder: OutputFolder, shard_id: str) -> pa.Table:
+    with folder.open(folder.candidates(shard_id)) as f:
         return pq.read_table(f)

@@ -45,12 +45,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from alray.errors import ConfigError
+from alray.output.folder import OutputFolder
 from alray.sources.files import (Storage, access_refusals, atomic_write, is_local, join_uri,
                                  local_path, url_to_fs)
 
 __all__ = ["OutputLock", "LOCK_NAME"]
 
-LOCK_NAME = "_lock.json"
+LOCK_NAME = OutputFolder.LOCK
 _WHERE = "output.uri"
 _TAKEOVER = LOCK_NAME + ".takeover-{}"
 _ATTEMPTS = 3  # rounds of create / judge / take over before giving up on a contended folder

@@ -7,7 +7,8 @@ import tempfile
 
 import pyarrow as pa
 
-from alray.sources.files import Storage, atomic_write, join_uri, parquet_bytes
+from alray.output.folder import OutputFolder
+from alray.sources.files import parquet_bytes
 
 __all__ = ["ErrorLog", "write_job_json", "write_selection", "SELECTION_COLUMNS"]
 
@@ -28,23 +29,21 @@ class ErrorLog:
             self.first = self.first or record
         self.count += len(records)
 
-    def commit(self, output_uri: str, storage: Storage | None = None) -> str:
+    def commit(self, folder: OutputFolder) -> str:
         """Write ``errors.jsonl`` and release the spool."""
-        uri = join_uri(output_uri, "errors.jsonl")
         self._spool.seek(0)
         try:
-            atomic_write(uri, self._spool.read(), storage)
+            return folder.write(folder.path(folder.ERRORS), self._spool.read())
         finally:
             self.close()
-        return uri
 
     def close(self) -> None:
         """Release the spool without writing it (a job that stopped with an exception)."""
         self._spool.close()
 
 
-def write_selection(output_uri: str, selected: pa.Table | None, carry: tuple[str, ...],
-                    id_type: pa.DataType, storage: Storage | None = None) -> tuple[str, pa.Table]:
+def write_selection(folder: OutputFolder, selected: pa.Table | None, carry: tuple[str, ...],
+                    id_type: pa.DataType) -> tuple[str, pa.Table]:
     """Write ``selection.parquet``: rank, id, score, shard, uri, predicted, then carried columns."""
     if selected is None:
         fields = [("rank", pa.int64()), ("id", id_type), ("score", pa.float32()),
@@ -52,13 +51,11 @@ def write_selection(output_uri: str, selected: pa.Table | None, carry: tuple[str
         table = pa.table({name: pa.array([], type=t) for name, t in fields})
     else:
         table = selected.append_column("rank", pa.array(range(selected.num_rows), pa.int64()))
-        table = table.select(SELECTION_COLUMNS + list(carry))
-    uri = join_uri(output_uri, "selection.parquet")
-    atomic_write(uri, parquet_bytes(table), storage)
-    return uri, table
+        present = [c for c in SELECTION_COLUMNS if c in table.column_names]  # regression: no
+        table = table.select(present + list(carry))                           # `predicted`
+    return folder.write(folder.path(folder.SELECTION), parquet_bytes(table)), table
 
 
-def write_job_json(output_uri: str, record: dict, storage: Storage | None = None) -> str:
-    uri = join_uri(output_uri, "job.json")
-    atomic_write(uri, json.dumps(record, indent=2, default=str).encode() + b"\n", storage)
-    return uri
+def write_job_json(folder: OutputFolder, record: dict) -> str:
+    return folder.write(folder.path(folder.JOB),
+                        json.dumps(record, indent=2, default=str).encode() + b"\n")

@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 __all__ = ["TopKReducer", "first_occurrences", "top_k_rows", "RANK_ORDER"]
 
 RANK_ORDER = [("score", "descending"), ("id", "ascending")]
+#: What a dropped duplicate keeps for ``errors.jsonl``.
+_DUPLICATE_COLUMNS = ("id", "score", "shard", "uri", "row")
 
 
 def top_k_rows(table: pa.Table, k: int, order=RANK_ORDER) -> pa.Table:
@@ -69,6 +71,8 @@ class TopKReducer:
             dropped, merged = merged.filter(pa.array(~keep)), merged.filter(pa.array(keep))
             winners = merged.select(["id", "shard", "score"]).rename_columns(
                 ["id", "kept_in", "kept_score"])
+            # a join takes scalar columns only: the vectors (probs, embedding) stay behind
+            dropped = dropped.select([c for c in _DUPLICATE_COLUMNS if c in dropped.column_names])
             self._duplicates.append(dropped.join(winners, "id", use_threads=False))
         self._table = merged.slice(0, self.k)
 

@@ -12,8 +12,8 @@ import sys
 import ray
 
 from alray.config import JobSpec
-from alray.errors import AlrayError
-from alray.runtime.outcome import ShardOutcome
+from alray.errors import AlrayError, ModelError
+from alray.pipeline.outcome import ShardOutcome
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ScoringActor"]
@@ -24,7 +24,7 @@ class ScoringActor:
     """Loads the model once, on ``cuda`` when Ray gave this actor a GPU, else on the CPU.
 
     A load failure is kept and reported by :meth:`ready`, so the driver can name the cause instead
-    of a dead actor.
+    of a dead actor; an actor without a model refuses to score.
     """
 
     def __init__(self, spec: JobSpec, import_paths: list[str], scoring: str):
@@ -33,26 +33,30 @@ class ScoringActor:
                 sys.path.insert(0, path)
         import torch
 
-        from alray.models.loaders import load_model
+        from alray.pipeline.batch import load_scorer
 
         self.spec = spec
         self.scoring = scoring
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
                                    else "cpu")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.model = None
+        self.scorer = None
         self.load_error: str | None = None
         try:
-            self.model = load_model(spec.model, self.device, spec.fsspec_storage)
+            self.scorer = load_scorer(spec, self.device)
         except AlrayError as exc:
             self.load_error = str(exc)
+        except Exception as exc:  # a loader's own failure: reported, never a dead actor
+            self.load_error = f"model: loading failed ({type(exc).__name__}: {exc})"
 
     def ready(self) -> dict:
         """``{"device": ..., "error": message or None}``."""
         return {"device": str(self.device), "error": self.load_error, "pid": os.getpid()}
 
     def score(self, shard: ShardSpec) -> ShardOutcome:
-        """Score and commit one shard (see :func:`~alray.runtime.scan.scan_and_commit`)."""
-        from alray.runtime.scan import scan_and_commit
+        """Score and commit one shard (see :func:`~alray.pipeline.shard.scan_and_commit`)."""
+        from alray.pipeline.shard import scan_and_commit
 
-        return scan_and_commit(shard, self.spec, self.model, self.scoring)
+        if self.scorer is None:
+            raise ModelError(self.load_error or "model: not loaded")
+        return scan_and_commit(shard, self.spec, self.scorer, self.scoring)

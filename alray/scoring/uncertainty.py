@@ -23,14 +23,9 @@ entropy            -sum_i p_i ln p_i / ln C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 __all__ = [
-    "SCORES",
-    "ScoreInfo",
     "entropy",
     "least_confidence",
     "log_probs_from_logits",
@@ -42,18 +37,19 @@ __all__ = [
 
 
 def log_probs_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """``[B, C]`` logits -> ``[B, C]`` log-probabilities, via a stable log-softmax (float32+)."""
-    return torch.log_softmax(_at_least_float32(logits), dim=-1)
+    """``[B, C]`` or ``[B, C, K]`` logits -> log-probabilities over the class axis (1), via a
+    stable log-softmax (float32 or wider)."""
+    return torch.log_softmax(_at_least_float32(logits), dim=1)
 
 
 def log_probs_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    """``[B, C]`` probabilities -> log-probabilities; 0 maps to ``-inf``.
+    """``[B, C]`` or ``[B, C, K]`` probabilities -> log-probabilities; 0 maps to ``-inf``.
 
-    Rows are renormalized (a model's probabilities sum to 1 only within rounding), so every score
-    sees one consistent distribution.
+    Each distribution is renormalized over the class axis (a model's probabilities sum to 1 only
+    within rounding), so every score sees one consistent distribution.
     """
     probs = _at_least_float32(probs)
-    return torch.log(probs) - torch.log(probs.sum(dim=-1, keepdim=True))
+    return torch.log(probs) - torch.log(probs.sum(dim=1, keepdim=True))
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -133,20 +129,3 @@ def score_all(log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
     out["predicted"] = top.indices[:, 0].int()
     out["confidence"] = torch.exp(log_p1).float()
     return out
-
-
-@dataclass(frozen=True)
-class ScoreInfo:
-    """A registered score: its function and what it needs from the model."""
-
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    description: str
-    needs_samples: bool = False  # [B, C, K] scores (MC dropout, committees) set this
-
-
-SCORES: dict[str, ScoreInfo] = {
-    "least_confidence": ScoreInfo(least_confidence, "1 - p1, scaled to [0, 1]"),
-    "margin": ScoreInfo(margin, "1 - (p1 - p2)"),
-    "ratio": ScoreInfo(ratio, "p2 / p1"),
-    "entropy": ScoreInfo(entropy, "normalized Shannon entropy"),
-}

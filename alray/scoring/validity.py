@@ -14,17 +14,20 @@ def invalid_rows(output: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.T
     """Flag rows that must not be scored.
 
     Args:
-        output: ``[B, C]`` model output.
-        kind: ``"logits"`` or ``"probs"``: what the model says it returns.
+        output: ``[B, C]`` or ``[B, C, K]`` model output (classes on axis 1, samples last); a
+            row is bad when any of its K samples is.
+        kind: ``"logits"``, ``"probs"``, or ``"outputs"`` (regression: only finiteness counts).
 
     Returns:
         Two ``[B]`` bool tensors: non-finite rows, and (for probs) rows with a negative entry or a
         sum off 1 by more than :data:`PROB_SUM_TOLERANCE`.
     """
-    non_finite = ~torch.isfinite(output).all(dim=-1)
-    if kind == "logits":
+    rows = len(output)
+    non_finite = ~torch.isfinite(output).reshape(rows, -1).all(dim=1)
+    if kind != "probs":
         return non_finite, torch.zeros_like(non_finite)
-    finite = torch.where(non_finite[:, None], torch.zeros_like(output), output)
-    off_sum = (finite.sum(dim=-1) - 1.0).abs() > PROB_SUM_TOLERANCE
-    negative = (finite < 0).any(dim=-1)
+    shape = (-1,) + (1,) * (output.ndim - 1)
+    finite = torch.where(non_finite.view(shape), torch.zeros_like(output), output)
+    off_sum = ((finite.sum(dim=1) - 1.0).abs() > PROB_SUM_TOLERANCE).reshape(rows, -1).any(dim=1)
+    negative = (finite < 0).reshape(rows, -1).any(dim=1)
     return non_finite, (off_sum | negative) & ~non_finite

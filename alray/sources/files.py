@@ -21,7 +21,7 @@ from alray.errors import ConfigError
 
 __all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
            "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "access_refusals",
-           "iter_names", "is_glob", "glob_root", "Storage"]
+           "iter_objects", "is_glob", "glob_root", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
 #: ``storage`` section; never holds credentials.
@@ -137,23 +137,33 @@ def glob_root(path: str) -> str:
 _LIST_PAGE = 1000  # S3's own maximum per ListObjectsV2 call
 
 
-def iter_names(fs, root: str, page_size: int = _LIST_PAGE) -> Iterator[str]:
-    """Every object's path under the folder ``root``, recursively, in the client's order.
+def object_stamp(info: dict) -> str:
+    """What changes when an object changes: its size and ETag (or modification time)."""
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return f"{info.get('size', info.get('Size'))}:{info[key]}"
+    return f"{info.get('size', info.get('Size'))}:"
 
-    On S3 the listing is paged (``page_size`` keys per request) and only names are kept, so a
-    prefix of millions of objects never sits in memory as listing dicts; s3fs's own ``find``
-    (and ``isdir``) would build one dict per object and cache them all. Other filesystems use
-    ``find``.
+
+def iter_objects(fs, root: str, page_size: int = _LIST_PAGE) -> Iterator[tuple[str, str]]:
+    """``(path, stamp)`` of every object under the folder ``root``, recursively, in the client's
+    order; the stamp is :func:`object_stamp`.
+
+    On S3 the listing is paged (``page_size`` keys per request) and only names and stamps are
+    kept, so a prefix of millions of objects never sits in memory as listing dicts; s3fs's own
+    ``find`` (and ``isdir``) would build one dict per object and cache them all. Other
+    filesystems use ``find``.
     """
     if not hasattr(fs, "call_s3"):
-        yield from (fs.find(root) if fs.isdir(root) else ())
+        found = fs.find(root, detail=True) if fs.isdir(root) else {}
+        yield from ((path, object_stamp(info)) for path, info in found.items())
         return
     bucket, _, prefix = root.strip("/").partition("/")
     request = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else "", "MaxKeys": page_size}
     while True:
         page = fs.call_s3("list_objects_v2", **request)
         for entry in page.get("Contents", ()):
-            yield f"{bucket}/{entry['Key']}"
+            yield f"{bucket}/{entry['Key']}", object_stamp(entry)
         if not page.get("IsTruncated"):
             return
         request["ContinuationToken"] = page["NextContinuationToken"]

@@ -12,16 +12,14 @@ import hashlib
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 
 from alray.errors import ConfigError, ShardError
-from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, open_parquet,
-                                 url_to_fs)
-
-if TYPE_CHECKING:
-    from alray.sources.parquet import ShardColumns
+from alray.sources.files import (Storage, access_refusals, glob_root, is_glob, is_local,
+                                 is_transient, open_parquet, retry_transient, url_to_fs)
+from alray.sources.rows import ShardColumns, check_schema
 
 __all__ = ["PoolFile", "Problem", "ShardSpec", "list_pool_files", "plan_shards", "shard_id"]
 
@@ -170,14 +168,25 @@ def _row_group_runs(rows_per_group: Sequence[int], shard_rows: int) -> Iterator[
         yield first, len(rows_per_group) - 1
 
 
+class _FooterLater(Exception):
+    """A footer read failed for a reason that may pass, after retries: the actor reads it."""
+
+
 def _read_footer(file: PoolFile, storage: Storage):
-    """``(metadata, schema)`` of a parquet file, or raises :class:`ShardError`."""
+    """``(metadata, schema)`` of a parquet file, or raises :class:`ShardError` (a bad file) or
+    :class:`_FooterLater` (a store that keeps failing transiently)."""
     if file.size == 0:
         raise ShardError("unreadable", "zero-byte file; it is not parquet", key="pool.uri")
-    try:
+
+    def read():
         with open_parquet(file.uri, storage) as pf:
             return pf.metadata, pf.schema_arrow
-    except Exception as exc:  # any failure to read a footer makes this one shard bad
+
+    try:
+        return retry_transient(read)
+    except Exception as exc:  # any other failure to read a footer makes this one shard bad
+        if is_transient(exc) and not is_local(file.uri):
+            raise _FooterLater from exc
         if isinstance(exc, FileNotFoundError):
             raise ShardError("missing_object", f"the file is gone: {_one_line(exc)}") from None
         raise ShardError("unreadable", f"not a readable parquet file ({_one_line(exc)})",
@@ -185,10 +194,13 @@ def _read_footer(file: PoolFile, storage: Storage):
 
 
 def _shards_of(file: PoolFile, shard_rows: int, storage: Storage,
-               columns: "ShardColumns | None") -> tuple[list[ShardSpec], pa.Schema | None]:
+               columns: ShardColumns | None) -> tuple[list[ShardSpec], pa.Schema | None]:
     whole = dict(uri=file.uri, size=file.size, version=file.version)
     try:
         meta, schema = _read_footer(file, storage)
+    except _FooterLater:  # one shard, checked when an actor reads it (with retries of its own)
+        return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0, num_rows=None,
+                          **whole)], None
     except ShardError as exc:
         return [ShardSpec(shard_id(file.uri), row_groups=None, first_row=0,
                           num_rows=0 if file.size == 0 else None, problem=Problem.of(exc),
@@ -207,12 +219,10 @@ def _shards_of(file: PoolFile, shard_rows: int, storage: Storage,
     return shards, schema
 
 
-def _schema_problem(schema: pa.Schema, columns: "ShardColumns | None") -> Problem | None:
+def _schema_problem(schema: pa.Schema, columns: ShardColumns | None) -> Problem | None:
     """What the footer already shows is wrong for the job's columns (None: nothing)."""
     if columns is None:
         return None
-    from alray.sources.parquet import check_schema
-
     try:
         check_schema(schema, columns)
     except ShardError as exc:
@@ -248,7 +258,7 @@ def _with_problem(shards: list[ShardSpec], problem: Problem) -> list[ShardSpec]:
 
 def plan_shards(files: Sequence[PoolFile], shard_rows: int, storage: Storage | None = None,
                 id_column: str | None = None,
-                columns: "ShardColumns | None" = None) -> list[ShardSpec]:
+                columns: ShardColumns | None = None) -> list[ShardSpec]:
     """Read every footer (in threads) and cut the files into shards, in file order.
 
     Args:

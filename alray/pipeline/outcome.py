@@ -6,17 +6,37 @@ No torch and no Ray here: the driver, resume and the job state read these withou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from alray.sources.files import join_uri
+from alray.scoring.registry import CLASSIC_SCORES, is_custom
 from alray.sources.plan import ShardSpec
 
-__all__ = ["CANDIDATE_COLUMNS", "ShardOutcome", "bad_shard_outcome", "error_record",
-           "label_candidates", "scores_uri"]
+if TYPE_CHECKING:
+    from alray.config import JobSpec
 
-#: The columns every candidate carries (then ``shard``, ``uri``, carried columns, embedding).
-CANDIDATE_COLUMNS = ["id", "score", "predicted", "row"]
+__all__ = ["SCORES_FILE_COLUMNS", "ShardOutcome", "bad_shard_outcome", "candidate_columns",
+           "error_record", "label_candidates", "scores_file_columns"]
+
+#: A classification scores file's columns, in order. A built-in strategy beyond the classic four
+#: adds a column of its own name (``bald``, ...) before ``predicted``.
+SCORES_FILE_COLUMNS = ["id", "score", *CLASSIC_SCORES, "predicted", "confidence", "row"]
+
+
+def scores_file_columns(spec: "JobSpec") -> list[str]:
+    """The columns of ``spec``'s scores files, in order."""
+    strategy = spec.scoring.strategy
+    own = [] if is_custom(strategy) or strategy in CLASSIC_SCORES else [strategy]
+    if spec.model.task == "regression":
+        return ["id", "score", *own, "prediction", "row"]
+    return [*SCORES_FILE_COLUMNS[:-3], *own, *SCORES_FILE_COLUMNS[-3:]]
+
+
+def candidate_columns(spec: "JobSpec") -> list[str]:
+    """The columns every candidate carries from its scores (then ``shard``, ``uri``, carried
+    columns, ``probs``, ``embedding``)."""
+    return ["id", "score", "row"] + (["predicted"] if spec.model.task == "classification" else [])
 
 
 @dataclass
@@ -40,10 +60,6 @@ class ShardOutcome:
     errors: list[dict] = field(default_factory=list)
     candidates: pa.Table | None = None
     seconds: float = 0.0
-
-
-def scores_uri(output_uri: str, shard_id: str) -> str:
-    return join_uri(output_uri, "scores", f"{shard_id}.parquet")
 
 
 def error_record(shard: ShardSpec, kind: str, message: str, row: int | None = None,

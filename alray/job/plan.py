@@ -16,12 +16,13 @@ from alray.config import JobSpec
 from alray.errors import ConfigError
 from alray.models.files import check_model_source, model_input_width
 from alray.output.commits import ShardRecord, load_records, scoring_hash, shard_key
+from alray.output.folder import OutputFolder
 from alray.sources.files import access_refusals
 from alray.sources.images import plan_image_shards
-from alray.sources.parquet import ShardColumns
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
+from alray.sources.rows import ShardColumns
 
-__all__ = ["JobPlan", "columns_for", "format_plan", "plan_job"]
+__all__ = ["JobPlan", "format_plan", "plan_job"]
 
 _PROBLEMS_SHOWN = 10
 
@@ -62,27 +63,13 @@ class JobPlan:
         return sum(s.num_rows or 0 for s in shards)
 
 
-def columns_for(spec: JobSpec, width: int | None) -> ShardColumns:
-    """The columns every shard of a parquet pool must hold, ``width`` being the model's D."""
-    pool = spec.pool
-    if pool.reads_images:
-        kind = "bytes" if pool.image_column else "uri"
-        key = "pool.image_column" if pool.image_column else "pool.image_uri_column"
-        return ShardColumns(pool.id_column, pool.image_source_column or "", pool.carry,
-                            value_key=key, image=pool.image, image_kind=kind)
-    if spec.model.kind == "precomputed":
-        return ShardColumns(pool.id_column, spec.model.column, pool.carry,
-                            value_key="model.column")
-    return ShardColumns(pool.id_column, pool.feature_column, pool.carry, width=width)
-
-
 def _plan_shards(spec: JobSpec) -> list[ShardSpec]:
     storage = spec.fsspec_storage
     pool = spec.pool
     if pool.reads_images and pool.image_source_column is None:
         return plan_image_shards(pool.uri, pool.rows_per_shard, storage)
     files = list_pool_files(pool.uri, storage=storage)
-    columns = columns_for(spec, model_input_width(spec.model, storage))
+    columns = ShardColumns.of(spec, model_input_width(spec.model, storage))
     return plan_shards(files, pool.rows_per_shard, storage, id_column=pool.id_column,
                        columns=columns)
 
@@ -116,7 +103,7 @@ def plan_job(spec: JobSpec, fresh: bool = False) -> JobPlan:
         raise _every_shard_is_bad(shards)
     scoring = scoring_hash(spec)
     with access_refusals("output.uri", spec.output.uri):
-        records = {} if fresh else load_records(spec.output.uri, spec.fsspec_storage)
+        records = {} if fresh else load_records(OutputFolder.of(spec))
     reusable = frozenset(
         s.shard_id for s in shards
         if s.problem is None and s.shard_id in records and records[s.shard_id].status == "done"

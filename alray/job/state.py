@@ -18,8 +18,8 @@ from alray import __version__
 from alray.config import JobSpec
 from alray.output import ErrorLog
 from alray.reduce import TopKReducer
-from alray.runtime.progress import Progress
-from alray.runtime.outcome import ShardOutcome
+from alray.job.progress import Progress
+from alray.pipeline.outcome import ShardOutcome
 from alray.sources.plan import ShardSpec
 
 __all__ = ["JobState", "now", "running_record", "MAX_RUNS_KEPT"]
@@ -49,6 +49,7 @@ class JobState:
     def __init__(self, spec: JobSpec, shards: list[ShardSpec], progress: Progress):
         self.spec = spec
         self.total_shards = len(shards)
+        self.planned = frozenset(s.shard_id for s in shards)
         self.reducer = TopKReducer(spec.selection.k)
         self.errors = ErrorLog()
         self.shards: dict[str, dict] = {}

@@ -11,22 +11,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alray.config import JobSpec
-from alray.output.commits import (COMMITS_DIR, ShardRecord, candidates_uri, load_records,
-                                  read_candidates, record_uri)
+from alray.output.commits import ShardRecord, load_records, read_candidates
+from alray.output.folder import OutputFolder
+from alray.pipeline.outcome import ShardOutcome, candidate_columns, label_candidates
 from alray.reduce import top_k_rows
-from alray.runtime.outcome import (CANDIDATE_COLUMNS, ShardOutcome, label_candidates,
-                                   scores_uri)
-from alray.sources.files import open_file, open_parquet, url_to_fs
+from alray.sources.files import open_parquet
 from alray.sources.plan import ShardSpec
 
-__all__ = ["prepare_output", "reuse_committed"]
+__all__ = ["prepare_output", "remove_leftovers", "reuse_committed"]
 
 _READ_THREADS = 16
 
 
-def _remove(fs, paths: list[str]) -> None:
-    if paths:
-        fs.rm(paths)
+def remove_leftovers(folder: OutputFolder, planned: set[str]) -> None:
+    """Remove from ``scores/`` and ``_shards/`` what no planned shard owns: files of shards no
+    longer in the pool, and temporary files of writes that never finished (an actor killed
+    mid-commit). Called with no actor running."""
+    fs, _ = folder.fs()
+    leftovers = [path for name in (folder.SCORES, folder.COMMITS)
+                 for path in folder.listing(name) if folder.shard_of(path) not in planned]
+    if leftovers:
+        fs.rm(leftovers)
 
 
 def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[str, ShardRecord]:
@@ -34,32 +39,22 @@ def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[
 
     With ``fresh``, every earlier score and record is removed first and nothing is reused.
     """
-    fs, root = url_to_fs(spec.output.uri, spec.fsspec_storage)
+    folder = OutputFolder.of(spec)
     if fresh:
-        for folder in ("scores", COMMITS_DIR):
-            if fs.isdir(f"{root}/{folder}"):
-                fs.rm(f"{root}/{folder}", recursive=True)
+        folder.remove(folder.SCORES, folder.COMMITS)
         return {}
-    records = load_records(spec.output.uri, spec.fsspec_storage)
     planned = {s.shard_id for s in shards}
-    stale = [sid for sid in records if sid not in planned]
-    if fs.isdir(f"{root}/scores"):
-        stale_scores = [p for p in fs.ls(f"{root}/scores", detail=False)
-                        if p.rsplit("/", 1)[-1].removesuffix(".parquet") not in planned]
-        _remove(fs, stale_scores)
-    for sid in stale:
-        _remove(fs, [p for p in (record_uri(spec.output.uri, sid),
-                                 candidates_uri(spec.output.uri, sid)) if fs.exists(p)])
-        del records[sid]
-    return records
+    remove_leftovers(folder, planned)
+    return {sid: record for sid, record in load_records(folder).items() if sid in planned}
 
 
 def _rebuilt_candidates(shard: ShardSpec, spec: JobSpec) -> pa.Table:
     """Top-M again from the committed scores file (when M grew), with carried columns read back
     from the pool file for those rows only."""
-    with open_file(scores_uri(spec.output.uri, shard.shard_id), "rb", spec.fsspec_storage) as f:
-        scores = pq.read_table(f, columns=["id", "score", "predicted", "row"])
-    top = top_k_rows(scores, spec.selection.per_shard).select(CANDIDATE_COLUMNS)
+    folder = OutputFolder.of(spec)
+    with folder.open(folder.scores(shard.shard_id)) as f:
+        scores = pq.read_table(f, columns=candidate_columns(spec))
+    top = top_k_rows(scores, spec.selection.per_shard)
     if spec.pool.carry:
         with open_parquet(shard.uri, spec.fsspec_storage) as pf:
             carried = (pf.read_row_groups(list(shard.row_groups), columns=list(spec.pool.carry))
@@ -72,8 +67,7 @@ def _rebuilt_candidates(shard: ShardSpec, spec: JobSpec) -> pa.Table:
 
 def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcome:
     if record.candidates >= spec.selection.per_shard:
-        candidates = top_k_rows(read_candidates(spec.output.uri, shard.shard_id,
-                                                spec.fsspec_storage),
+        candidates = top_k_rows(read_candidates(OutputFolder.of(spec), shard.shard_id),
                                 spec.selection.per_shard)
     else:
         candidates = _rebuilt_candidates(shard, spec)
@@ -85,7 +79,7 @@ def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcom
 def reuse_committed(shards: list[ShardSpec], reusable: frozenset[str],
                     records: dict[str, ShardRecord], spec: JobSpec) -> dict[str, ShardOutcome]:
     """Outcomes for the ``reusable`` shards (their commit matches their current key; see
-    :func:`alray.planning.plan_job`), read in threads."""
+    :func:`alray.job.plan.plan_job`), read in threads."""
     matching = [s for s in shards if s.shard_id in reusable and s.shard_id in records]
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         outcomes = pool.map(lambda s: _reused(s, records[s.shard_id], spec), matching)

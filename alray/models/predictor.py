@@ -1,0 +1,140 @@
+"""Running the job's model on a batch: one pass, T Monte Carlo dropout passes, or a committee.
+
+The output is always ``[B, C, K]`` with the samples last: K = 1 for one pass, T for MC dropout
+(Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"), M for a committee of M members
+(Seung, Opper & Sompolinsky 1992, query by committee), and M x T for both (member-major: sample
+``m * T + t``). The data is read once; each batch goes through the model K times in memory.
+
+MC dropout puts only the dropout modules in train mode (BatchNorm and everything else stay in
+eval), for ``python`` and ``torchscript`` models alike. The masks of pass t over batch b of a shard
+come from the generator seeded with a hash of (``scoring.seed``, shard id, b, member, t), so a
+rerun or a resume on one kind of device draws the same masks and writes the same bytes; each pass
+runs over the whole batch, so peak memory is that of one plain pass, whatever T is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from alray.errors import ModelError
+from alray.models.loaders import LoadedModel, as_two_classes
+
+__all__ = ["ModelOutput", "Predictor", "dropout_modules"]
+
+_DROPOUT_NAMES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                  "FeatureAlphaDropout"}
+
+
+@dataclass
+class ModelOutput:
+    """What the model gave for one batch.
+
+    Attributes:
+        values: ``[B, C, K]`` logits or probabilities (classification; a one-logit binary head
+            already widened to C = 2), or ``[B, O, K]`` outputs (regression).
+        embedding: ``[B, D]`` (the mean over the samples), or None when the model gives none.
+    """
+
+    values: torch.Tensor
+    embedding: torch.Tensor | None
+
+    @property
+    def samples(self) -> int:
+        return self.values.shape[-1]
+
+
+def dropout_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The dropout modules of ``module`` (eager or TorchScript), in definition order."""
+    found = []
+    for sub in module.modules():
+        name = getattr(sub, "original_name", type(sub).__name__)  # TorchScript keeps the name
+        if isinstance(sub, torch.nn.modules.dropout._DropoutNd) or name in _DROPOUT_NAMES:
+            found.append(sub)
+    return found
+
+
+def _mask_seed(seed: int, shard_id: str, batch_index: int, member: int, sample: int) -> int:
+    key = f"{seed}\0{shard_id}\0{batch_index}\0{member}\0{sample}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+class Predictor:
+    """The job's model(s), giving ``[B, C, K]`` for a batch.
+
+    Args:
+        members: the loaded models (one, or a committee of one kind).
+        mc_samples: T stochastic passes per member; 0 for one deterministic pass.
+        seed: ``scoring.seed``.
+        task: ``classification`` or ``regression``.
+
+    Raises:
+        ModelError: MC dropout was asked of a model without dropout modules.
+    """
+
+    def __init__(self, members: list[LoadedModel], mc_samples: int = 0, seed: int = 0,
+                 task: str = "classification"):
+        self.members = members
+        self.passes = max(1, mc_samples)
+        self.mc = mc_samples > 0
+        self.seed = seed
+        self.task = task
+        first = members[0]
+        self.output, self.device, self.input_width = first.output, first.device, first.input_width
+        if self.mc:
+            for index, member in enumerate(members):
+                layers = dropout_modules(member.module)
+                if not layers:
+                    where = f"model.members[{index}]" if len(members) > 1 else "model.path"
+                    raise ModelError(f"{where}: the model has no dropout modules, so its "
+                                     f"{mc_samples} MC passes would all agree; use a model with "
+                                     "dropout, or set scoring.mc_samples: 0")
+                for layer in layers:  # only dropout samples; BatchNorm and the rest stay eval
+                    layer.train()
+
+    @property
+    def samples(self) -> int:
+        """K, the samples per row."""
+        return self.passes * len(self.members)
+
+    def _rng(self, shard_id: str, batch_index: int, member: int, sample: int):
+        if not self.mc:
+            return contextlib.nullcontext()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        context = torch.random.fork_rng(devices=devices)
+        seed = _mask_seed(self.seed, shard_id, batch_index, member, sample)
+
+        @contextlib.contextmanager
+        def seeded():
+            with context:
+                torch.manual_seed(seed)
+                yield
+
+        return seeded()
+
+    def __call__(self, x: torch.Tensor, shard_id: str = "", batch_index: int = 0) -> ModelOutput:
+        """``[B, ...]`` features -> :class:`ModelOutput` with K samples."""
+        outputs, embeddings = [], []
+        for m, member in enumerate(self.members):
+            for t in range(self.passes):
+                with self._rng(shard_id, batch_index, m, t):
+                    out, embedding = member(x)
+                if self.task == "classification":
+                    out = as_two_classes(out, self.output)
+                outputs.append(out)
+                if embedding is not None:
+                    embeddings.append(embedding)
+        widths = {o.shape[1] for o in outputs}
+        if len(widths) > 1:
+            raise ModelError(f"model.members: the members give {sorted(widths)} outputs per row; "
+                             "a committee's members must agree on the classes")
+        values = torch.stack(outputs, dim=-1)
+        embedding = None
+        if len(embeddings) == len(outputs):  # the features, or the mean of the samples' own
+            same = len(embeddings) == 1 or self.members[0].features_are_embedding
+            embedding = embeddings[0] if same else torch.stack(
+                [e.float() for e in embeddings]).mean(dim=0)
+        return ModelOutput(values, embedding)

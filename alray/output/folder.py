@@ -1,0 +1,118 @@
+"""The output folder of one job: the one place that knows where each of its files lives.
+
+::
+
+    <output.uri>/
+      scores/<shard>.parquet             every scored row of a shard
+      _shards/<shard>.candidates.parquet a shard's top-M candidates
+      _shards/<shard>.json               its commit record (the commit point)
+      selection.parquet                  the selection, in rank order
+      job.json                           the spec as run, counts, runs, status
+      errors.jsonl                       quarantined shards and rows
+      _lock.json                         held while a run uses the folder
+
+Every module that reads or writes the folder asks an :class:`OutputFolder` for the path and goes
+through it for storage options, so the layout is spelled out here only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from alray.sources.files import Storage, atomic_write, join_uri, open_file, url_to_fs
+
+if TYPE_CHECKING:
+    from alray.config import JobSpec
+
+__all__ = ["OutputFolder"]
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """Paths under one output folder, and the fsspec options to reach them.
+
+    Attributes:
+        uri: the folder, a local path or any fsspec URL.
+        storage: fsspec options by protocol (the spec's ``storage`` section).
+    """
+
+    uri: str
+    storage: Storage = field(default_factory=dict)
+
+    SCORES = "scores"
+    COMMITS = "_shards"
+    SELECTION = "selection.parquet"
+    JOB = "job.json"
+    ERRORS = "errors.jsonl"
+    LOCK = "_lock.json"
+    #: What one run writes at the top of the folder; a new run clears them before it starts.
+    SUMMARIES = (SELECTION, JOB, ERRORS)
+
+    @classmethod
+    def of(cls, spec: "JobSpec") -> "OutputFolder":
+        return cls(spec.output.uri, spec.fsspec_storage)
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        """The URI of ``parts`` under the folder (``path()`` is the folder itself)."""
+        return join_uri(self.uri, *parts) if parts else self.uri
+
+    def scores(self, shard_id: str) -> str:
+        return self.path(self.SCORES, f"{shard_id}.parquet")
+
+    def record(self, shard_id: str) -> str:
+        return self.path(self.COMMITS, f"{shard_id}.json")
+
+    def candidates(self, shard_id: str) -> str:
+        return self.path(self.COMMITS, f"{shard_id}.candidates.parquet")
+
+    @staticmethod
+    def shard_of(name: str) -> str | None:
+        """The shard id a file under ``scores/`` or ``_shards/`` belongs to (None: a temporary or
+        foreign file)."""
+        base = name.rsplit("/", 1)[-1]
+        for suffix in (".candidates.parquet", ".parquet", ".json"):
+            if base.endswith(suffix) and not base.startswith("."):
+                return base[:-len(suffix)]
+        return None
+
+    # -- access -------------------------------------------------------------------------------
+
+    def fs(self):
+        """``(filesystem, path of the folder on it)``."""
+        return url_to_fs(self.uri, self.storage)
+
+    def write(self, uri: str, data: bytes) -> str:
+        """Write ``data`` to ``uri`` (under this folder) atomically; returns ``uri``."""
+        atomic_write(uri, data, self.storage)
+        return uri
+
+    def open(self, uri: str, mode: str = "rb"):
+        return open_file(uri, mode, self.storage)
+
+    def read_json(self, name: str) -> Any:
+        """The JSON file ``name`` at the top of the folder, parsed (None when missing or not
+        JSON)."""
+        fs, root = self.fs()
+        try:
+            return json.loads(fs.cat_file(f"{root}/{name}"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def remove(self, *names: str) -> None:
+        """Remove files or folders (by name under the folder) that exist."""
+        fs, root = self.fs()
+        for name in names:
+            path = f"{root}/{name}"
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+
+    def listing(self, folder: str) -> list[str]:
+        """Paths of the files directly under ``folder`` (empty when it does not exist)."""
+        fs, root = self.fs()
+        path = f"{root}/{folder}"
+        fs.invalidate_cache(path)
+        return fs.ls(path, detail=False) if fs.isdir(path) else []

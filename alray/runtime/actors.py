@@ -1,0 +1,157 @@
+"""Scoring actors in slots: how many, with what resources, and which are ready for work.
+
+An actor is given work only once it has reported ready (its model loaded); a load failure is the
+job's :class:`~alray.errors.ModelError`, for a first actor and for a replacement alike. Actors the
+cluster has no room for stay starting and get no work; when no actor is ready after
+``resources.actor_start_timeout``, the job ends with a message naming what the actors ask for
+and what the cluster has, as Ray Data's actor pool does. A Ray this job started cannot grow, so
+an actor it can never place is a configuration error before any actor is made.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+
+from alray.config import JobSpec
+from alray.errors import ConfigError, JobFailed, ModelError
+from alray.runtime.actor import ScoringActor
+from alray.runtime.session import RaySession
+from alray.sources.plan import ShardSpec
+
+__all__ = ["ActorPool", "actor_options"]
+
+_PER_ACTOR_IN_FLIGHT = 2
+
+
+def _describe(resources: dict) -> str:
+    return ", ".join(f"{name} {resources.get(name, 0):g}" for name in ("CPU", "GPU"))
+
+
+def actor_options(spec: JobSpec, session: RaySession) -> tuple[int, dict]:
+    """How many actors, and the Ray options of each.
+
+    Raises:
+        ConfigError: this job's own Ray (which cannot grow) has no room for even one actor.
+    """
+    resources = ray.cluster_resources()
+    cluster_gpus = int(resources.get("GPU", 0))
+    gpus = spec.resources.gpus_per_actor
+    use_gpu = cluster_gpus > 0 if gpus == "auto" else gpus == 1
+    if session.private and use_gpu and cluster_gpus == 0:
+        raise ConfigError("resources.gpus_per_actor",
+                          f"got {gpus}; this machine's Ray has no GPU ({_describe(resources)}); "
+                          "set 0 or auto to score on the CPU, or run where there is a GPU")
+    if spec.resources.actors is not None:
+        count = spec.resources.actors
+    else:
+        count = cluster_gpus if use_gpu else max(1, int(resources.get("CPU", 1)))
+    return max(1, count), {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
+
+
+class ActorPool:
+    """Scoring actors in slots; a dead actor's slot gets a fresh actor, which must report ready
+    before it gets work."""
+
+    def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str):
+        self._make = lambda: ScoringActor.options(**options).remote(spec, [os.getcwd()], scoring)
+        self.options = options
+        self.start_limit = spec.resources.actor_start_timeout
+        self.actors: list = []
+        self.load: list[int] = []
+        self.devices: dict[int, str] = {}
+        self._starting: dict = {}  # ready() ref -> slot
+        self._since = time.monotonic()
+        self._start_deaths, self._max_start_deaths = 0, spec.resources.max_attempts
+        for _ in range(count):
+            self._add()
+
+    def _add(self) -> None:
+        self.actors.append(None)
+        self.load.append(0)
+        self._start(len(self.actors) - 1)
+
+    def _start(self, slot: int) -> None:
+        self.actors[slot] = self._make()
+        self.devices.pop(slot, None)
+        self._starting[self.actors[slot].ready.remote()] = slot
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    @property
+    def starting(self) -> list:
+        """The ``ready()`` refs of actors not yet ready (include them in a wait)."""
+        return list(self._starting)
+
+    @property
+    def ready_count(self) -> int:
+        return len(self.devices)
+
+    def started(self, ref) -> bool:
+        """Take one finished ``ready()``; True if it was one. A load failure raises
+        :class:`ModelError`; an actor that died while starting is started again."""
+        slot = self._starting.pop(ref, None)
+        if slot is None:
+            return False
+        try:
+            report = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self._start_deaths += 1
+            if self._start_deaths >= self._max_start_deaths:
+                raise JobFailed(f"resources: scoring actors died {self._start_deaths} times while "
+                                f"loading the model (last: {str(exc).strip().splitlines()[-1]}); "
+                                "check the model's memory needs and the nodes' logs") from None
+            self._start(slot)
+            return True
+        if report["error"]:
+            raise ModelError(report["error"])
+        self.devices[slot] = report["device"]
+        return True
+
+    def check_start(self) -> None:
+        """Raise when no actor has become ready within the start limit."""
+        if self.devices or time.monotonic() - self._since < self.start_limit:
+            return
+        available = _describe(ray.available_resources())
+        raise JobFailed(
+            f"resources: no scoring actor started within {self.start_limit:g} s "
+            f"(resources.actor_start_timeout); each asks for CPU {self.options['num_cpus']}, "
+            f"GPU {self.options['num_gpus']} and the cluster has {available} free of "
+            f"{_describe(ray.cluster_resources())}; lower resources.gpus_per_actor or "
+            "resources.actors, or add nodes")
+
+    def wait_first(self, watch) -> None:
+        """Block until one actor is ready (the others join as they load)."""
+        while not self.devices:
+            done, _ = ray.wait(self.starting, num_returns=1, timeout=5.0)
+            if done:
+                self.started(done[0])
+            else:
+                watch.check()
+                self.check_start()
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def least_loaded(self) -> int | None:
+        """The ready slot with the least work, if it can take more."""
+        if not self.devices:
+            return None
+        slot = min(self.devices, key=self.load.__getitem__)
+        return slot if self.load[slot] < _PER_ACTOR_IN_FLIGHT else None
+
+    def submit(self, slot: int, shard: ShardSpec):
+        self.load[slot] += 1
+        return self.actors[slot].score.remote(shard)
+
+    def replace(self, slot: int, dead) -> None:
+        """Start a fresh actor in ``slot`` if ``dead`` still holds it."""
+        if self.actors[slot] is dead:
+            self._start(slot)
+            if not self.devices:  # the limit counts from when the pool had no ready actor
+                self._since = time.monotonic()
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
