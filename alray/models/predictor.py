@@ -100,27 +100,23 @@ class Predictor:
         """K, the samples per row."""
         return self.passes * len(self.members)
 
-    def _rng(self, shard_id: str, batch_index: int, member: int, sample: int):
+    @contextlib.contextmanager
+    def _masks(self, shard_id: str, batch_index: int, member: int, sample: int):
+        """Seed the generator the dropout modules draw from, and restore it afterwards."""
         if not self.mc:
-            return contextlib.nullcontext()
+            yield
+            return
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        context = torch.random.fork_rng(devices=devices)
-        seed = _mask_seed(self.seed, shard_id, batch_index, member, sample)
-
-        @contextlib.contextmanager
-        def seeded():
-            with context:
-                torch.manual_seed(seed)
-                yield
-
-        return seeded()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_mask_seed(self.seed, shard_id, batch_index, member, sample))
+            yield
 
     def __call__(self, x: torch.Tensor, shard_id: str = "", batch_index: int = 0) -> ModelOutput:
         """``[B, ...]`` features -> :class:`ModelOutput` with K samples."""
         outputs, embeddings = [], []
         for m, member in enumerate(self.members):
             for t in range(self.passes):
-                with self._rng(shard_id, batch_index, m, t):
+                with self._masks(shard_id, batch_index, m, t):
                     out, embedding = member(x)
                 if self.task == "classification":
                     out = as_two_classes(out, self.output)

@@ -138,17 +138,20 @@ class BatchScorer:
 
     # -- scores -------------------------------------------------------------------------------
 
-    def _inputs(self, out: ModelOutput, log_probs, mean_lp) -> dict:
-        return {"log_probs": log_probs, "mean_log_probs": mean_lp, "embedding": out.embedding,
-                "target_class": self.target, "outputs": out.values,
-                "probs": None if log_probs is None else torch.exp(log_probs)}
+    def _inputs(self, out: ModelOutput, log_probs, mean_lp) -> list:
+        """What the strategy's kernel takes, in the order its registry entry names."""
+        available = {"log_probs": lambda: log_probs, "mean_log_probs": lambda: mean_lp,
+                     "embedding": lambda: out.embedding, "target_class": lambda: self.target,
+                     "outputs": lambda: out.values, "probs": lambda: torch.exp(log_probs)}
+        return [available[name]() for name in self.score.inputs]
 
-    def _strategy_score(self, inputs: dict, rows: int) -> torch.Tensor:
-        if self.score.needs_embedding and inputs["embedding"] is None:
+    def _strategy_score(self, out: ModelOutput, log_probs=None, mean_lp=None) -> torch.Tensor:
+        rows = len(out.values)
+        if self.score.needs_embedding and out.embedding is None:
             raise ModelError(f"scoring.strategy: {self.strategy} needs an embedding and the model "
                              "gives none; use a linear model, or one that returns (output, "
                              "embedding)")
-        score = self.kernel(*(inputs[name] for name in self.score.inputs))
+        score = self.kernel(*self._inputs(out, log_probs, mean_lp))
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (rows,):
             shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ModelError(f"scoring.strategy: {self.strategy} returned {shape} for {rows} rows; "
@@ -167,7 +170,7 @@ class BatchScorer:
         if self.score.name in CLASSIC_SCORES:
             columns["score"] = columns[self.score.name]
         else:
-            score = self._strategy_score(self._inputs(out, log_probs, mean_lp), len(values))
+            score = self._strategy_score(out, log_probs, mean_lp)
             columns["score"] = score
             if self.score.name != "score":  # a built-in beyond the classic four: its own column
                 columns[self.score.name] = score
@@ -175,7 +178,7 @@ class BatchScorer:
         return columns, vectors
 
     def _regression(self, out: ModelOutput) -> tuple[dict, dict]:
-        score = self._strategy_score(self._inputs(out, None, None), len(out.values))
+        score = self._strategy_score(out)
         prediction = out.values.float().mean(dim=-1)
         prediction = prediction[:, 0] if prediction.shape[1] == 1 else prediction
         columns = {"score": score, "prediction": prediction}
