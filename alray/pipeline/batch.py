@@ -163,9 +163,14 @@ class BatchScorer:
 
     def _classification(self, out: ModelOutput) -> tuple[dict, dict]:
         values = out.values
-        log_probs = (log_probs_from_logits(values) if self.output_kind == "logits"
-                     else log_probs_from_probs(values))
-        mean_lp = mean_log_probs(log_probs)
+        to_log_probs = (log_probs_from_logits if self.output_kind == "logits"
+                        else log_probs_from_probs)
+        if out.samples == 1:  # one pass: the [B, C] kernels directly, no mean to take
+            mean_lp = to_log_probs(values[..., 0])
+            log_probs = mean_lp[..., None]
+        else:
+            log_probs = to_log_probs(values)
+            mean_lp = mean_log_probs(log_probs)
         columns = score_all(mean_lp)
         if self.score.name in CLASSIC_SCORES:
             columns["score"] = columns[self.score.name]
