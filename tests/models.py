@@ -159,3 +159,17 @@ class _OutOfMemory(torch.nn.Module):
 def out_of_memory() -> torch.nn.Module:
     """A model whose every forward runs out of GPU memory, as torch reports it."""
     return _OutOfMemory()
+
+
+def _regressor(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def regressor_a() -> torch.nn.Module:
+    """A regression model over 8 features with one output; with regressor_b, a committee."""
+    return _regressor(1)
+
+
+def regressor_b() -> torch.nn.Module:
+    return _regressor(2)

@@ -214,3 +214,23 @@ def test_a_users_own_score(tmp_path):
     np.testing.assert_allclose(scores.column("score").to_numpy(),
                                _member_probs(x, heads)[:, 0, :].mean(axis=-1), atol=1e-6)
     assert result.selection.column("id").to_pylist() == _full_sort_ids(scores, 10)
+
+
+def test_a_regression_committee_scores_its_variance(tmp_path):
+    from tests.models import regressor_a, regressor_b
+
+    x = torch.from_numpy(_pool(tmp_path)).float()
+    spec = write_spec(tmp_path, model={"kind": "python", "path": None, "task": "regression",
+                                       "members": ["tests.models:regressor_a",
+                                                   "tests.models:regressor_b"]},
+                      scoring={"strategy": "variance"}, selection={"k": 10})
+    result = alray.run(alray.JobSpec.from_yaml(spec), progress=False)
+    scores = _scores(tmp_path / "out")
+    assert scores.column_names == ["id", "score", "variance", "prediction", "row"]
+    with torch.no_grad():
+        a, b = regressor_a()(x)[:, 0].double().numpy(), regressor_b()(x)[:, 0].double().numpy()
+    np.testing.assert_allclose(scores.column("variance").to_numpy(), (a - b) ** 2 / 4,
+                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(scores.column("prediction").to_numpy(), (a + b) / 2, atol=1e-5)
+    assert result.selection.column("id").to_pylist() == _full_sort_ids(scores, 10)
+    assert "predicted" not in result.selection.column_names

@@ -127,6 +127,13 @@ def _verdict(plan: JobPlan) -> tuple[str, bool]:
     return f"a run would quarantine the {bad} bad shard(s) and score the rest", False
 
 
+def _model_names(spec: JobSpec) -> str:
+    model = spec.model
+    if model.members:
+        return f"committee of {len(model.members)}: {', '.join(model.members)}"
+    return model.path or model.column or ""
+
+
 def format_plan(plan: JobPlan) -> tuple[str, bool]:
     """The text ``alray plan`` prints, and whether a run would fail on what planning found."""
     spec = plan.spec
@@ -137,7 +144,7 @@ def format_plan(plan: JobPlan) -> tuple[str, bool]:
         f"{spec.name}: plan (nothing ran; Ray was not started)",
         f"  pool:    {', '.join(spec.pool.uri)}",
         f"           {files:,} file(s), {len(plan.shards):,} shard(s), {plan.rows:,} rows",
-        f"  model:   {spec.model.kind} {spec.model.path or spec.model.column or ''}".rstrip(),
+        f"  model:   {spec.model.kind} {_model_names(spec)}".rstrip(),
         f"  output:  {spec.output.uri}",
         f"  to score: {len(to_score):,} shard(s), {plan.rows_of(to_score):,} rows",
         f"  reused:   {len(reused):,} shard(s), {plan.rows_of(reused):,} rows (committed under "

@@ -68,6 +68,8 @@ class CandidateVectors:
         Raises:
             VectorsIncomplete: a requested row's vectors were let go.
         """
+        if not self._vectors:  # nothing to carry (a regression model without an embedding)
+            return {}
         order = np.argsort(self._rows, kind="stable")
         at = np.minimum(np.searchsorted(self._rows, rows, sorter=order), max(len(order) - 1, 0))
         if len(rows) and (len(order) == 0 or not np.array_equal(self._rows[order[at]], rows)):
