@@ -468,6 +468,11 @@ def _check_scoring(spec: JobSpec) -> None:
         raise ConfigError("scoring.mc_samples", f"got {scoring.mc_samples}; a {model.kind} model "
                                                 "has no dropout: MC dropout needs a python or "
                                                 "torchscript model with dropout modules")
+    if scoring.mc_samples and spec.resources.gpus_per_actor == "auto":
+        raise ConfigError("resources.gpus_per_actor", "got auto with scoring.mc_samples; MC "
+                                                      "dropout masks differ between CPU and GPU "
+                                                      "generators, so name the device: 0 (CPU) or "
+                                                      "1 (GPU), and resumes stay byte-identical")
     if is_custom(scoring.strategy):
         if model.task == "regression":
             raise ConfigError("scoring.strategy", f"got {scoring.strategy!r}; your own score takes "
@@ -482,8 +487,10 @@ def _check_scoring(spec: JobSpec) -> None:
                                               f"{', '.join(fitting)}")
     if score.needs_samples and samples_per_row(spec) < 2:
         raise ConfigError("scoring.strategy", f"got {scoring.strategy!r}, which compares K > 1 "
-                                              "samples per row; set scoring.mc_samples (MC "
-                                              "dropout) or model.members (a committee)")
+                                              f"samples per row and this job gives K = "
+                                              f"{samples_per_row(spec)}; set scoring.mc_samples "
+                                              ">= 2 (MC dropout) or list >= 2 model.members "
+                                              "(a committee)")
     if score.needs_target:
         target_index(spec)
     if score.needs_embedding and model.kind == "precomputed":

@@ -53,7 +53,7 @@ def run_job(data: Path, name: str, model: dict, scoring: dict, actors: int) -> f
     spec = {"name": name, "pool": {"uri": str(data / "pool-scores"), "feature_column": "embedding"},
             "model": model, "scoring": {"batch_size": BATCH, **scoring},
             "selection": {"k": 1000}, "output": {"uri": str(data / f"out-{name}")},
-            "resources": {"actors": actors}}
+            "resources": {"actors": actors, "gpus_per_actor": 0}}
     path = data / f"{name}.json"  # YAML is a superset of JSON
     path.write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, "-m", "alray", "run", str(path), "--fresh", "--quiet"],

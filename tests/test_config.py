@@ -162,7 +162,10 @@ BAD_VALUES = [
     ({"scoring.strategy": "bayes"}, "scoring.strategy", "'bayes'",
      "least_confidence | margin | ratio | entropy | predictive_entropy | bald"),
     ({"scoring.strategy": "bald"}, "scoring.strategy", "'bald'",
-     "set scoring.mc_samples (MC dropout) or model.members (a committee)"),
+     "this job gives K = 1; set scoring.mc_samples >= 2 (MC dropout) or list >= 2 "
+     "model.members (a committee)"),
+    ({"model.kind": "python", "model.path": "m:f", "scoring.mc_samples": 4},
+     "resources.gpus_per_actor", "auto", "name the device: 0 (CPU) or 1 (GPU)"),
     ({"scoring.strategy": "target_probability"}, "scoring.target_class", "target_probability",
      "give the class's index or its name"),
     ({"scoring.strategy": "target_probability", "scoring.target_class": "cat"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,7 +23,8 @@ def test_kept_vectors_cover_the_top_m(seed):
     for size in rng.integers(1, 60, size=15):
         scores = rng.choice(np.linspace(0, 1, 30), size=size).astype(np.float32)  # many ties
         rows = np.arange(first, first + size)
-        kept.add(rows, scores, {"embedding": np.stack([rows, rows * 2], axis=1).astype(np.float32)})
+        kept.add(rows, pa.array(rows), scores,
+                 {"embedding": np.stack([rows, rows * 2], axis=1).astype(np.float32)})
         all_scores.append(scores)
         first += size
     scores = np.concatenate(all_scores)
@@ -32,10 +34,27 @@ def test_kept_vectors_cover_the_top_m(seed):
     assert len(kept._rows) <= 2 * m + 60  # bounded by candidates, not by rows seen
 
 
+def test_ties_keep_memory_bounded_and_the_top_m_by_id():
+    """Scores with few values (variation ratio, a saturated probability) tie by the thousand; the
+    held rows stay within 2m plus a batch, and the kept ones are the shard's top m by id."""
+    m, batch, kept = 10, 500, CandidateVectors(10)
+    ids = np.random.default_rng(0).permutation(10_000)
+    for first in range(0, 10_000, batch):
+        rows = np.arange(first, first + batch)
+        kept.add(rows, pa.array(ids[rows]), np.full(batch, 0.5, np.float32),
+                 {"e": rows[:, None].astype(np.float32)})
+        assert len(kept._rows) <= 2 * m + batch
+    top = np.argsort(ids, kind="stable")[:m]  # rows of the m smallest ids
+    column = kept.columns(np.sort(top))["e"].to_numpy(zero_copy_only=False)
+    assert np.stack(column)[:, 0].tolist() == np.sort(top).tolist()
+
+
 def test_a_let_go_row_is_reported():
     kept = CandidateVectors(1)
-    kept.add(np.array([0, 1]), np.array([0.9, 0.1], np.float32), {"e": np.ones((2, 2), np.float32)})
-    kept.add(np.array([2]), np.array([0.95], np.float32), {"e": np.ones((1, 2), np.float32)})
+    kept.add(np.array([0, 1]), pa.array([0, 1]), np.array([0.9, 0.1], np.float32),
+             {"e": np.ones((2, 2), np.float32)})
+    kept.add(np.array([2]), pa.array([2]), np.array([0.95], np.float32),
+             {"e": np.ones((1, 2), np.float32)})
     with pytest.raises(VectorsIncomplete):
         kept.columns(np.array([1]))
 

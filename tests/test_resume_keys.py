@@ -30,6 +30,8 @@ def net():
 
 
 def _image_spec(tmp_path, **overrides) -> alray.JobSpec:
+    if overrides.get("scoring.mc_samples"):
+        overrides.setdefault("resources.gpus_per_actor", 0)
     raw = {"pool": {"uri": str(tmp_path / "images"), "format": "images",
                     "image": {"resize": 8, "crop": 8}},
            "model": {"kind": "python", "path": "alray_key_models:net"},
@@ -73,7 +75,7 @@ def test_with_mc_dropout_batches_seed_and_device_kind_count(tmp_path, python_mod
     mc = {"scoring.mc_samples": 4}
     base = scoring_hash(_image_spec(tmp_path, **mc))
     for change in ({"scoring.batch_size": 64}, {"scoring.seed": 3},
-                   {"resources.gpus_per_actor": 0}):
+                   {"resources.gpus_per_actor": 1}):
         assert scoring_hash(_image_spec(tmp_path, **mc, **change)) != base, change
 
 

@@ -113,7 +113,8 @@ def _mc_job(tmp_path, out: str, model=MC, samples: int = 8, **scoring):
     return write_spec(tmp_path, model=model,
                       scoring={"strategy": "bald", "mc_samples": samples, "batch_size": 50,
                                **scoring},
-                      selection={"k": 20, "candidates": 25}, output={"uri": f"./{out}"})
+                      selection={"k": 20, "candidates": 25}, output={"uri": f"./{out}"},
+                      resources={"gpus_per_actor": 0})
 
 
 def test_mc_dropout_is_byte_identical_across_runs_and_resumes(tmp_path):

@@ -104,10 +104,12 @@ def plan_job(spec: JobSpec, fresh: bool = False) -> JobPlan:
     scoring = scoring_hash(spec)
     with access_refusals("output.uri", spec.output.uri):
         records = {} if fresh else load_records(OutputFolder.of(spec))
-    reusable = frozenset(
+    wanted = spec.selection.per_shard  # fewer committed candidates: scored again, since their
+    reusable = frozenset(              # vectors (probs, embedding) are not in the scores file
         s.shard_id for s in shards
         if s.problem is None and s.shard_id in records and records[s.shard_id].status == "done"
-        and records[s.shard_id].key == shard_key(s, scoring))
+        and records[s.shard_id].key == shard_key(s, scoring)
+        and records[s.shard_id].candidates >= wanted)
     return JobPlan(spec, tuple(shards), scoring, records, reusable)
 
 

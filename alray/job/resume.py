@@ -7,15 +7,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from alray.config import JobSpec
 from alray.output.commits import ShardRecord, load_records, read_candidates
 from alray.output.folder import OutputFolder
-from alray.pipeline.outcome import ShardOutcome, candidate_columns, label_candidates
+from alray.pipeline.outcome import ShardOutcome
 from alray.reduce import top_k_rows
-from alray.sources.files import open_parquet
 from alray.sources.plan import ShardSpec
 
 __all__ = ["prepare_output", "remove_leftovers", "reuse_committed"]
@@ -48,29 +44,9 @@ def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[
     return {sid: record for sid, record in load_records(folder).items() if sid in planned}
 
 
-def _rebuilt_candidates(shard: ShardSpec, spec: JobSpec) -> pa.Table:
-    """Top-M again from the committed scores file (when M grew), with carried columns read back
-    from the pool file for those rows only."""
-    folder = OutputFolder.of(spec)
-    with folder.open(folder.scores(shard.shard_id)) as f:
-        scores = pq.read_table(f, columns=candidate_columns(spec))
-    top = top_k_rows(scores, spec.selection.per_shard)
-    if spec.pool.carry:
-        with open_parquet(shard.uri, spec.fsspec_storage) as pf:
-            carried = (pf.read_row_groups(list(shard.row_groups), columns=list(spec.pool.carry))
-                       if shard.row_groups else pf.read(columns=list(spec.pool.carry)))
-        positions = pa.array(top.column("row").to_numpy() - shard.first_row)
-        for name in spec.pool.carry:
-            top = top.append_column(name, carried.column(name).take(positions))
-    return label_candidates(top, shard)
-
-
 def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcome:
-    if record.candidates >= spec.selection.per_shard:
-        candidates = top_k_rows(read_candidates(OutputFolder.of(spec), shard.shard_id),
-                                spec.selection.per_shard)
-    else:
-        candidates = _rebuilt_candidates(shard, spec)
+    candidates = top_k_rows(read_candidates(OutputFolder.of(spec), shard.shard_id),
+                            spec.selection.per_shard)
     return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=record.rows_in,
                         rows_scored=record.rows_scored, rows_quarantined=record.rows_quarantined,
                         errors=record.errors, candidates=candidates, seconds=0.0)

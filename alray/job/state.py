@@ -49,7 +49,6 @@ class JobState:
     def __init__(self, spec: JobSpec, shards: list[ShardSpec], progress: Progress):
         self.spec = spec
         self.total_shards = len(shards)
-        self.planned = frozenset(s.shard_id for s in shards)
         self.reducer = TopKReducer(spec.selection.k)
         self.errors = ErrorLog()
         self.shards: dict[str, dict] = {}
@@ -64,6 +63,10 @@ class JobState:
         self.progress = progress
 
     # -- feeding -------------------------------------------------------------------------------
+
+    def done_ids(self) -> set[str]:
+        """Shards recorded as done (scored now or reused): the only ones whose files stay."""
+        return {sid for sid, shard in self.shards.items() if shard["status"] == "done"}
 
     def record(self, outcome: ShardOutcome, reused: bool = False) -> None:
         self.errors.add(outcome.errors)

@@ -95,11 +95,6 @@ class Predictor:
                 for layer in layers:  # only dropout samples; BatchNorm and the rest stay eval
                     layer.train()
 
-    @property
-    def samples(self) -> int:
-        """K, the samples per row."""
-        return self.passes * len(self.members)
-
     @contextlib.contextmanager
     def _masks(self, shard_id: str, batch_index: int, member: int, sample: int):
         """Seed the generator the dropout modules draw from, and restore it afterwards."""
@@ -121,15 +116,17 @@ class Predictor:
                 if self.task == "classification":
                     out = as_two_classes(out, self.output)
                 outputs.append(out)
-                if embedding is not None:
+                if embedding is not None and m == 0:
                     embeddings.append(embedding)
         widths = {o.shape[1] for o in outputs}
         if len(widths) > 1:
             raise ModelError(f"model.members: the members give {sorted(widths)} outputs per row; "
                              "a committee's members must agree on the classes")
         values = torch.stack(outputs, dim=-1)
+        # The embedding is the first member's (members trained apart share no embedding space):
+        # its input features for a linear head, else the mean over its T passes.
         embedding = None
-        if len(embeddings) == len(outputs):  # the features, or the mean of the samples' own
+        if embeddings:
             same = len(embeddings) == 1 or self.members[0].features_are_embedding
             embedding = embeddings[0] if same else torch.stack(
                 [e.float() for e in embeddings]).mean(dim=0)

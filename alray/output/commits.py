@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from alray.config import JobSpec
 from alray.errors import ConfigError
 from alray.output.folder import OutputFolder
+from alray.scoring.registry import SCORES, is_custom
 from alray.sources.files import open_file, parquet_bytes
 from alray.sources.plan import ShardSpec
 
@@ -42,18 +43,22 @@ __all__ = ["SCORING_KEYS", "ShardRecord", "load_records", "model_content_hash", 
 #: (:func:`scoring_keys`).
 SCORING_KEYS = ("pool.format", "pool.id_column", "pool.feature_column", "pool.image_column",
                 "pool.image_uri_column", "pool.image", "pool.carry", "model", "scoring.strategy",
-                "scoring.mc_samples", "scoring.target_class")
+                "scoring.mc_samples")
 _MC_KEYS = ("scoring.seed", "scoring.batch_size", "resources.gpus_per_actor")
 _RECORD_THREADS = 16
 
 
 def scoring_keys(spec: JobSpec) -> tuple[str, ...]:
-    """The spec keys whose change rescores a shard (see :data:`SCORING_KEYS`)."""
-    return SCORING_KEYS + (_MC_KEYS if spec.scoring.mc_samples else ())
+    """The spec keys whose change rescores a shard (see :data:`SCORING_KEYS`); the target class
+    only for a score that reads it."""
+    strategy = spec.scoring.strategy
+    target = () if is_custom(strategy) or not SCORES[strategy].needs_target \
+        else ("scoring.target_class",)
+    return SCORING_KEYS + target + (_MC_KEYS if spec.scoring.mc_samples else ())
 
 
-def _python_source(source: str) -> str:
-    """The file of a ``package.module:factory`` model's module (found without importing it)."""
+def _python_source(source: str, key: str = "model.path") -> str:
+    """The file of a ``package.module:name`` module (found without importing it)."""
     module = source.partition(":")[0]
     added = os.getcwd() not in sys.path  # the actors import it with the driver's cwd on the path
     if added:
@@ -66,9 +71,8 @@ def _python_source(source: str) -> str:
         if added:
             sys.path.remove(os.getcwd())
     if found is None or not found.origin or not os.path.isfile(found.origin):
-        raise ConfigError("model.path", f"cannot find the module of {source!r} on this machine; "
-                                        "it must be importable where `alray run` runs and on "
-                                        "every Ray worker")
+        raise ConfigError(key, f"cannot find the module of {source!r} on this machine; it must "
+                               "be importable where `alray run` runs and on every Ray worker")
     return found.origin
 
 
@@ -84,12 +88,14 @@ def model_content_hash(spec: JobSpec) -> str:
     """sha256 over the content of every model file (new weights, or an edited ``python`` model's
     module, change it); a precomputed output has none."""
     model = spec.model
-    if model.kind == "precomputed":
-        return ""
-    files = ([_python_source(s) for s in model.sources] if model.kind == "python"
+    key = "model.members" if model.members else "model.path"
+    files = ([] if model.kind == "precomputed"
+             else [_python_source(s, key) for s in model.sources] if model.kind == "python"
              else list(model.sources))
+    if is_custom(spec.scoring.strategy):  # a user's own score: its module's code counts too
+        files.append(_python_source(spec.scoring.strategy, "scoring.strategy"))
     hashes = [_file_hash(f, spec.fsspec_storage) for f in files]
-    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest() if hashes else ""
 
 
 def scoring_hash(spec: JobSpec) -> str:

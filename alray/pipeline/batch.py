@@ -21,7 +21,7 @@ from alray.models.loaders import load_members
 from alray.models.predictor import ModelOutput, Predictor
 from alray.pipeline.outcome import error_record
 from alray.scoring.registry import CLASSIC_SCORES, score_for
-from alray.scoring.samples import mean_log_probs
+from alray.scoring.samples import mean_log_probs, mean_prediction
 from alray.scoring.uncertainty import log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE, invalid_rows
 from alray.sources.plan import ShardSpec
@@ -111,9 +111,16 @@ class BatchScorer:
         self.classes = len(spec.model.classes) if spec.model.classes else None
         self.score = score_for(spec.scoring.strategy)
         self.strategy = spec.scoring.strategy
-        self.kernel = self.score.load()
+        self.kernel = None if self.score.name in CLASSIC_SCORES else self._load_kernel()
         self.target = target_index(spec) if self.score.needs_target else None
         self.output_kind = "outputs" if self.task == "regression" else predictor.output
+
+    def _load_kernel(self):
+        try:
+            return self.score.load()
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"scoring.strategy: cannot import {self.strategy!r} ({exc}); your "
+                             "score's module must be importable on every Ray worker") from None
 
     # -- the model ----------------------------------------------------------------------------
 
@@ -151,7 +158,11 @@ class BatchScorer:
             raise ModelError(f"scoring.strategy: {self.strategy} needs an embedding and the model "
                              "gives none; use a linear model, or one that returns (output, "
                              "embedding)")
-        score = self.kernel(*self._inputs(out, log_probs, mean_lp))
+        try:
+            score = self.kernel(*self._inputs(out, log_probs, mean_lp))
+        except Exception as exc:  # a score's own failure: the job's error, not the shard's
+            raise ModelError(f"scoring.strategy: {self.strategy} raised {type(exc).__name__}: "
+                             f"{_first_line(exc)}") from None
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (rows,):
             shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ModelError(f"scoring.strategy: {self.strategy} returned {shape} for {rows} rows; "
@@ -184,8 +195,9 @@ class BatchScorer:
 
     def _regression(self, out: ModelOutput) -> tuple[dict, dict]:
         score = self._strategy_score(out)
-        prediction = out.values.float().mean(dim=-1)
-        prediction = prediction[:, 0] if prediction.shape[1] == 1 else prediction
+        prediction = mean_prediction(out.values)
+        prediction = prediction[:, 0] if prediction.ndim == 2 and prediction.shape[1] == 1 \
+            else prediction
         columns = {"score": score, "prediction": prediction}
         if self.score.name != "score":
             columns[self.score.name] = score

@@ -40,14 +40,17 @@ class _ShardRows:
         self.columns: list[dict[str, np.ndarray]] = []
         self.carry: list[pa.Table] = []
 
-    def add(self, batch: RowBatch, good: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+    def add(self, batch: RowBatch, good: np.ndarray, columns: dict[str, np.ndarray]) -> pa.Array:
+        """Keep the ``good`` rows of ``batch``; returns their ids."""
         all_good = len(good) == len(batch)
         take = None if all_good else pa.array(good)
-        self.ids.append(batch.ids if all_good else batch.ids.take(take))
+        ids = batch.ids if all_good else batch.ids.take(take)
+        self.ids.append(ids)
         self.rows.append(batch.first_row + good)
         self.columns.append(columns)
         if batch.carry is not None:
             self.carry.append(batch.carry if all_good else batch.carry.take(take))
+        return ids
 
     @staticmethod
     def _column(parts: list[np.ndarray]) -> pa.Array:
@@ -135,8 +138,9 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
             rows_in += len(batch)
             id_type = batch.ids.type
             scored = scorer(batch, columns.value_column, rejects, index)
-            rows.add(batch, scored.good, scored.columns)
-            vectors.add(batch.first_row + scored.good, scored.columns["score"], scored.vectors)
+            ids = rows.add(batch, scored.good, scored.columns)
+            vectors.add(batch.first_row + scored.good, ids, scored.columns["score"],
+                        scored.vectors)
         candidates = _finish(shard, spec, rows, rejects, id_type, vectors)
     except VectorsIncomplete:  # repeated ids pushed a row in whose vectors were let go
         return scan_shard(shard, spec, scorer, keep_all=True, raise_transient=raise_transient)

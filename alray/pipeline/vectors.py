@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = ["CandidateVectors", "VectorsIncomplete"]
 
@@ -18,9 +19,10 @@ class CandidateVectors:
     """Named vectors (``embedding [n, D]``, ``probs [n, C]``) of the rows that may end among the
     shard's top ``m`` by score.
 
-    After each batch, a row whose score is below the m-th best score seen so far can no longer
-    be a candidate (unless repeated ids are dropped later), so its vectors are let go. Memory is
-    about ``2 m`` rows of vectors, not the shard's row count.
+    After each batch, a row ranked below the m-th best seen so far by (score descending, id
+    ascending), the shard's own order, can no longer be a candidate (unless repeated ids are
+    dropped later), so its vectors are let go. Memory is at most ``2 m`` rows of vectors plus one
+    batch, whatever the ties (scores such as variation_ratio take a few values only).
 
     Args:
         m: candidates per shard.
@@ -31,19 +33,20 @@ class CandidateVectors:
         self.m, self.keep_all = m, keep_all
         self._rows = np.zeros(0, np.int64)
         self._scores = np.zeros(0, np.float32)
+        self._ids: pa.Array | None = None
         self._vectors: dict[str, np.ndarray] = {}
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._vectors)
-
-    def add(self, rows: np.ndarray, scores: np.ndarray, vectors: dict[str, np.ndarray]) -> None:
-        """``rows`` (file row numbers), their ``scores`` and ``{name: [n, width]}`` vectors."""
+    def add(self, rows: np.ndarray, ids: pa.Array, scores: np.ndarray,
+            vectors: dict[str, np.ndarray]) -> None:
+        """``rows`` (file row numbers), their ``ids`` and ``scores``, and ``{name: [n, width]}``
+        vectors."""
         if not vectors:
             return
-        keep = slice(None) if self.keep_all else scores >= self._threshold(scores)
+        keep = np.ones(len(rows), bool) if self.keep_all else scores >= self._threshold(scores)
         self._rows = np.concatenate([self._rows, rows[keep]])
         self._scores = np.concatenate([self._scores, scores[keep]])
+        kept_ids = ids.filter(pa.array(keep))
+        self._ids = kept_ids if self._ids is None else pa.concat_arrays([self._ids, kept_ids])
         for name, values in vectors.items():
             kept = values[keep].astype(np.float32, copy=False)
             held = self._vectors.get(name)
@@ -58,8 +61,12 @@ class CandidateVectors:
         return float(np.partition(pooled, len(pooled) - self.m)[len(pooled) - self.m])
 
     def _prune(self) -> None:
-        keep = self._scores >= self._threshold(np.zeros(0, np.float32))
+        """Keep exactly the best ``m`` rows by (score descending, id ascending)."""
+        order = pc.sort_indices(pa.table({"score": self._scores, "id": self._ids}),
+                                sort_keys=[("score", "descending"), ("id", "ascending")])
+        keep = order.to_numpy()[: self.m]
         self._rows, self._scores = self._rows[keep], self._scores[keep]
+        self._ids = self._ids.take(pa.array(keep))
         self._vectors = {name: values[keep] for name, values in self._vectors.items()}
 
     def columns(self, rows: np.ndarray) -> dict[str, pa.FixedSizeListArray]:

@@ -10,6 +10,7 @@ an actor it can never place is a configuration error before any actor is made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -18,7 +19,7 @@ import ray
 from alray.config import JobSpec
 from alray.errors import ConfigError, JobFailed, ModelError
 from alray.runtime.actor import ScoringActor
-from alray.runtime.session import RaySession
+from alray.runtime.session import RaySession, run_with_limit
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ActorPool", "actor_options"]
@@ -153,5 +154,11 @@ class ActorPool:
                 self._since = time.monotonic()
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        """Kill every actor; a cluster that is gone does not hold the job up or hide its error."""
+        def kill_all():
+            for actor in self.actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+
+        with contextlib.suppress(Exception):
+            run_with_limit(kill_all, 10.0)

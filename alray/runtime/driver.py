@@ -177,7 +177,7 @@ def _finish(state: JobState, started: str, clock: float, devices: list[str],
             earlier_runs: list[dict]) -> Result:
     spec = state.spec
     folder = OutputFolder.of(spec)
-    remove_leftovers(folder, state.planned)
+    remove_leftovers(folder, state.done_ids())
     _record_duplicates(state)
     failure = state.failure()
     errors_uri = state.errors.commit(folder)
@@ -265,7 +265,6 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
                 message = _stopped(state, started, clock, earlier_runs, "interrupted")
             raise KeyboardInterrupt(message) from None
         except ClusterLost as exc:
-            state.errors.close()
             raise ClusterLost(_stopped(state, started, clock, earlier_runs, str(exc),
                                        status="failed")) from None
         except BaseException as exc:

@@ -25,7 +25,7 @@ from alray.errors import JobFailed
 from alray.job.progress import Progress
 
 __all__ = ["ClusterLost", "ClusterWatch", "RaySession", "connect", "interrupts_held",
-           "ray_session"]
+           "ray_session", "run_with_limit"]
 
 #: How long the cluster may stay unreachable, or this driver's node dead, before the job ends.
 LOST_AFTER_SECONDS = 45.0
@@ -68,7 +68,7 @@ def interrupts_held():
         signal.signal(signal.SIGINT, previous)
 
 
-def _with_limit(fn, seconds: float):
+def run_with_limit(fn, seconds: float):
     """``fn()`` in a daemon thread; its result, or raises TimeoutError after ``seconds``."""
     box: dict = {}
 
@@ -113,7 +113,7 @@ def _stop_private_ray(before: set[int]) -> None:
 
     children = _ray_processes(psutil, before)
     with contextlib.suppress(Exception):
-        _with_limit(ray.shutdown, 15.0)
+        run_with_limit(ray.shutdown, 15.0)
     _, alive = psutil.wait_procs(children, timeout=5)
     for process in alive:
         with contextlib.suppress(psutil.Error):
@@ -126,7 +126,6 @@ class RaySession:
     """The Ray a job runs on. ``private``: this job started it (and it can not grow)."""
 
     private: bool
-    address: str | None
 
 
 @contextlib.contextmanager
@@ -134,7 +133,7 @@ def ray_session(address: str | None, progress: Progress):
     """Ray for one job (a :class:`RaySession`): joined or started here; a Ray started here is
     stopped on the way out, also when the start itself is interrupted."""
     if ray.is_initialized():
-        yield RaySession(private=False, address=None)
+        yield RaySession(private=False)
         return
     import psutil  # Ray ships it (ray/thirdparty_files)
 
@@ -143,14 +142,14 @@ def ray_session(address: str | None, progress: Progress):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         connect(address)
-        yield RaySession(private=target is None, address=target)
+        yield RaySession(private=target is None)
     finally:
         with interrupts_held():
             if target is None:
                 _stop_private_ray(before)
             else:
                 with contextlib.suppress(Exception):
-                    _with_limit(ray.shutdown, 15.0)
+                    run_with_limit(ray.shutdown, 15.0)
 
 
 class ClusterLost(JobFailed):
@@ -170,12 +169,11 @@ class ClusterWatch:
         self.lost_after = lost_after
         self._node = ray.get_runtime_context().get_node_id()
         self._trouble_since: float | None = None
-        self._trouble = ""
 
     def _problem(self) -> str:
         """What is wrong with the cluster now ("" when nothing)."""
         try:
-            nodes = _with_limit(ray.nodes, _QUESTION_SECONDS)
+            nodes = run_with_limit(ray.nodes, _QUESTION_SECONDS)
         except Exception as exc:
             return f"Ray's control store does not answer ({type(exc).__name__}: {exc})"
         mine = [n for n in nodes if n.get("NodeID") == self._node]
@@ -191,6 +189,5 @@ class ClusterWatch:
             self._trouble_since = None
             return
         self._trouble_since = self._trouble_since or time.monotonic()
-        self._trouble = problem
         if time.monotonic() - self._trouble_since >= self.lost_after:
             raise ClusterLost(f"the Ray cluster went away mid-job: {problem}")
