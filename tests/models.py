@@ -24,7 +24,8 @@ class _FaultyLinear(torch.nn.Module):
     - ``litter-*``: the taker writes a complete temporary file (``.tmp-<pid>-litter.parquet``)
       into the folder the token names, as an atomic write interrupted before its rename leaves,
       then SIGKILLs its own process.
-    - ``broken-load`` (read by :func:`faulty_head`): loading the model fails.
+    - ``broken-load`` (read by :func:`faulty_head`): loading the model fails; ``die-load``: the
+      process loading it is SIGKILLed.
     With none of these files it is a plain linear head, so an undisturbed run uses the same model.
     """
 
@@ -76,6 +77,8 @@ class _FaultyLinear(torch.nn.Module):
 def faulty_head() -> torch.nn.Module:
     """:class:`_FaultyLinear` controlled by the folder in ``$ALRAY_TEST_FAULTS`` (if set)."""
     control = os.environ.get("ALRAY_TEST_FAULTS")
+    if control and (Path(control) / "die-load").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
     if control and (Path(control) / "broken-load").exists():
         raise RuntimeError("this model's weights are broken on purpose")
     return _FaultyLinear(control)

@@ -259,6 +259,15 @@ def test_a_replacement_actor_whose_model_fails_to_load_fails_the_job(tmp_path, f
     assert "broken on purpose" in stderr, stderr
 
 
+def test_actors_that_die_while_loading_end_the_job(tmp_path, faults):
+    """An actor killed while it loads the model is started again; one that dies max_attempts
+    times in a row ends the job with that cause, instead of a restart without end."""
+    (faults / "die-load").touch()
+    spec = make_job(tmp_path, resources={"max_attempts": 2, "actors": 1})
+    with pytest.raises(alray.JobFailed, match="died 2 times in a row while loading the model"):
+        alray.run(alray.JobSpec.from_yaml(spec), progress=False)
+
+
 def test_a_dead_attempts_temporary_file_is_gone_when_the_job_ends(tmp_path, faults, undisturbed):
     """An actor dies right after writing a complete temporary scores file (as a kill between an
     atomic write and its rename leaves); the finished job's folder holds no trace of it."""

@@ -19,7 +19,7 @@ import ray
 from alray.config import JobSpec
 from alray.errors import ConfigError, JobFailed, ModelError
 from alray.runtime.actor import ScoringActor
-from alray.runtime.session import RaySession, run_with_limit
+from alray.runtime.session import ClusterLost, ClusterWatch, RaySession, run_with_limit
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ActorPool", "actor_options"]
@@ -56,7 +56,8 @@ class ActorPool:
     """Scoring actors in slots; a dead actor's slot gets a fresh actor, which must report ready
     before it gets work."""
 
-    def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str):
+    def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str,
+                 watch: ClusterWatch):
         self._make = lambda: ScoringActor.options(**options).remote(spec, [os.getcwd()], scoring)
         self.options = options
         self.start_limit = spec.resources.actor_start_timeout
@@ -65,7 +66,9 @@ class ActorPool:
         self.devices: dict[int, str] = {}
         self._starting: dict = {}  # ready() ref -> slot
         self._since = time.monotonic()
-        self._start_deaths, self._max_start_deaths = 0, spec.resources.max_attempts
+        self.watch = watch
+        self._start_deaths: dict[int, int] = {}  # slot -> deaths while loading, since it last was
+        self._max_start_deaths = spec.resources.max_attempts  # ready
         for _ in range(count):
             self._add()
 
@@ -99,9 +102,12 @@ class ActorPool:
         try:
             report = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            self._start_deaths += 1
-            if self._start_deaths >= self._max_start_deaths:
-                raise JobFailed(f"resources: scoring actors died {self._start_deaths} times while "
+            deaths = self._start_deaths[slot] = self._start_deaths.get(slot, 0) + 1
+            if deaths >= self._max_start_deaths:
+                lost = self.watch.problem()  # actors die at once on a node that is gone
+                if lost:
+                    raise ClusterLost(f"the Ray cluster went away mid-job: {lost}") from None
+                raise JobFailed(f"resources: a scoring actor died {deaths} times in a row while "
                                 f"loading the model (last: {str(exc).strip().splitlines()[-1]}); "
                                 "check the model's memory needs and the nodes' logs") from None
             self._start(slot)
@@ -109,6 +115,7 @@ class ActorPool:
         if report["error"]:
             raise ModelError(report["error"])
         self.devices[slot] = report["device"]
+        self._start_deaths.pop(slot, None)
         return True
 
     def check_start(self) -> None:
@@ -123,14 +130,14 @@ class ActorPool:
             f"{_describe(ray.cluster_resources())}; lower resources.gpus_per_actor or "
             "resources.actors, or add nodes")
 
-    def wait_first(self, watch) -> None:
+    def wait_first(self) -> None:
         """Block until one actor is ready (the others join as they load)."""
         while not self.devices:
             done, _ = ray.wait(self.starting, num_returns=1, timeout=5.0)
             if done:
                 self.started(done[0])
             else:
-                watch.check()
+                self.watch.check()
                 self.check_start()
 
     # -- work ---------------------------------------------------------------------------------

@@ -71,8 +71,7 @@ def _cause(exc: Exception) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def _dispatch(state: JobState, pool: ActorPool, shards: list[ShardSpec],
-              watch: ClusterWatch) -> None:
+def _dispatch(state: JobState, pool: ActorPool, shards: list[ShardSpec]) -> None:
     """Hand ``shards`` to ready actors until all are recorded, or the job is stopping."""
     fail_fast = state.spec.resources.on_error == "fail"
     queue: deque[ShardSpec] = deque(shards)
@@ -84,7 +83,7 @@ def _dispatch(state: JobState, pool: ActorPool, shards: list[ShardSpec],
             in_flight[pool.submit(slot, shard)] = (slot, pool.actors[slot], shard)
         done, _ = ray.wait([*in_flight, *pool.starting], num_returns=1, timeout=_POLL_SECONDS)
         if not done:
-            watch.check()
+            pool.watch.check()
             pool.check_start()
             continue
         if pool.started(done[0]):
@@ -114,18 +113,18 @@ def _score(state: JobState, plan: JobPlan, address: str | None) -> list[str]:
     progress = state.progress
     with ray_session(address, progress) as session:
         count, options = actor_options(plan.spec, session)
-        watch = ClusterWatch()
-        pool = ActorPool(plan.spec, min(count, len(shards)), options, plan.scoring)
+        pool = ActorPool(plan.spec, min(count, len(shards)), options, plan.scoring,
+                         ClusterWatch())
         try:
             progress.say(f"starting {len(pool.actors)} scoring actor(s) and loading the model")
-            pool.wait_first(watch)
+            pool.wait_first()
             progress.say(f"scoring {len(shards):,} shard(s) on {pool.devices[min(pool.devices)]}"
                          + (f" ({len(pool.actors) - pool.ready_count} more actor(s) loading)"
                             if pool.ready_count < len(pool.actors) else ""))
             progress.start(len(shards), plan.rows_of(shards))
             started = time.perf_counter()
             try:
-                _dispatch(state, pool, shards, watch)
+                _dispatch(state, pool, shards)
             finally:
                 state.scoring_seconds = time.perf_counter() - started
                 progress.close()

@@ -170,7 +170,7 @@ class ClusterWatch:
         self._node = ray.get_runtime_context().get_node_id()
         self._trouble_since: float | None = None
 
-    def _problem(self) -> str:
+    def problem(self) -> str:
         """What is wrong with the cluster now ("" when nothing)."""
         try:
             nodes = run_with_limit(ray.nodes, _QUESTION_SECONDS)
@@ -184,7 +184,7 @@ class ClusterWatch:
         return ""
 
     def check(self) -> None:
-        problem = self._problem()
+        problem = self.problem()
         if not problem:
             self._trouble_since = None
             return
