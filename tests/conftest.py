@@ -56,6 +56,16 @@ def ray_session():
     ray.shutdown()
 
 
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` (for a state another process reaches) until true; fail after
+    ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def write_head(path: Path, classes: int, dim: int, seed: int = 0, scale: float = 1.0) -> Path:
     """A linear head ``weight [C, D]``, ``bias [C]`` as .safetensors or .npz (by suffix)."""
     rng = np.random.default_rng(seed)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import alray
-from tests.conftest import FAULTS, write_pool, write_spec
+from tests.conftest import FAULTS, wait_for, write_pool, write_spec
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -119,14 +119,6 @@ def test_new_weights_rescore_everything(tmp_path):
     assert margin.job["shards_reused"] == 0
 
 
-def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -153,7 +145,7 @@ def test_driver_sigkill_then_resume(tmp_path, faults, undisturbed):
     driver = _cli("run", spec)
     try:
         records = tmp_path / "out" / "_shards"
-        _wait_for(lambda: len(list(records.glob("*.json"))) >= 3 and
+        wait_for(lambda: len(list(records.glob("*.json"))) >= 3 and
                   len(list(faults.glob("blocked-*"))) >= 2, "three commits and two blocked actors")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
@@ -201,7 +193,7 @@ def _blocked_run(spec, faults):
     (faults / "gate").touch()
     driver = _cli("run", spec)
     try:
-        _wait_for(lambda: len(list(faults.glob("blocked-*"))) >= 2, "two blocked actors")
+        wait_for(lambda: len(list(faults.glob("blocked-*"))) >= 2, "two blocked actors")
         yield driver
     finally:
         (faults / "gate-open").touch()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 import alray
-from tests.conftest import write_head, write_pool, write_spec
+from tests.conftest import wait_for, write_head, write_pool, write_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GATED = {"kind": "python", "path": "tests.models:faulty_head"}
@@ -35,14 +35,6 @@ def start_cli(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "alray", *map(str, args)], cwd=ROOT,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _job(tmp_path, model=None, shards=(60, 50, 40), **sections) -> Path:

@@ -1,7 +1,7 @@
 """The README's commands run as written, in order, as a new user would type them.
 
-`.ci/run` runs the two quick-start commands (install + demo, install tests + this suite); this test
-runs every later ```bash block, in a scratch copy of the repository whose `.venv` is the one the
+`.ci/run` runs the two quick-start commands (install + demo, install tests + this suite), as the
+README writes them (a test holds the two equal); this test runs every later ```bash block, in a scratch copy of the repository whose `.venv` is the one the
 quick start made. A command that fails, or a README whose commands drift from the code, fails it.
 """
 
@@ -36,6 +36,19 @@ def test_readme_keeps_its_bash_blocks_in_the_guide():
     sections = [section for section, _ in bash_blocks(README.read_text(encoding="utf-8"))]
     assert sections[:2] == ["Quick start", "Quick start"], sections
     assert "Running a job" in sections
+
+
+def test_ci_runs_the_quick_start_as_the_readme_writes_it():
+    """`.ci/run` calls the README's two quick-start commands, word for word, and nothing else
+    after making a fresh .venv."""
+    quick_start = [block for section, block in bash_blocks(README.read_text(encoding="utf-8"))
+                   if section == "Quick start"]
+    commands = [" ".join(line for line in block.splitlines() if not line.startswith("#"))
+                for block in quick_start]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    steps = ci[ci.index("rm -rf .venv") + 1:]
+    assert [line for line in steps if line.strip()] == commands
+    assert any("pytest" in command for command in commands)
 
 
 @pytest.mark.skipif(not (VENV / "bin" / "alray").exists(),

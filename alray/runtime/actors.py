@@ -19,7 +19,8 @@ import ray
 from alray.config import JobSpec
 from alray.errors import ConfigError, JobFailed, ModelError
 from alray.runtime.actor import ScoringActor
-from alray.runtime.session import ClusterLost, ClusterWatch, RaySession, run_with_limit
+from alray.runtime.session import (FETCH_SECONDS, ClusterLost, ClusterWatch, RaySession,
+                                   run_with_limit)
 from alray.sources.plan import ShardSpec
 
 __all__ = ["ActorPool", "actor_options"]
@@ -78,6 +79,10 @@ class ActorPool:
         self._start(len(self.actors) - 1)
 
     def _start(self, slot: int) -> None:
+        """A fresh actor in ``slot``; one still there (hung, or its result lost) is killed."""
+        if self.actors[slot] is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.actors[slot])
         self.actors[slot] = self._make()
         self.devices.pop(slot, None)
         self._starting[self.actors[slot].ready.remote()] = slot
@@ -100,8 +105,9 @@ class ActorPool:
         if slot is None:
             return False
         try:
-            report = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
+            report = ray.get(ref, timeout=FETCH_SECONDS)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
+                ray.exceptions.ObjectLostError) as exc:
             deaths = self._start_deaths[slot] = self._start_deaths.get(slot, 0) + 1
             if deaths >= self._max_start_deaths:
                 lost = self.watch.problem()  # actors die at once on a node that is gone

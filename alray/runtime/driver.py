@@ -28,7 +28,8 @@ from alray.output import OutputFolder, write_job_json, write_selection
 from alray.output.lock import OutputLock
 from alray.pipeline.outcome import bad_shard_outcome, error_record
 from alray.runtime.actors import ActorPool, actor_options
-from alray.runtime.session import ClusterLost, ClusterWatch, interrupts_held, ray_session
+from alray.runtime.session import (FETCH_SECONDS, ClusterLost, ClusterWatch, interrupts_held,
+                                   ray_session)
 from alray.sources.files import access_refusals
 from alray.sources.plan import ShardSpec
 
@@ -91,11 +92,12 @@ def _dispatch(state: JobState, pool: ActorPool, shards: list[ShardSpec]) -> None
         slot, actor, shard = in_flight.pop(done[0])
         pool.load[slot] -= 1
         try:
-            state.record(ray.get(done[0]))
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            state.record(ray.get(done[0], timeout=FETCH_SECONDS))
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError,
+                ray.exceptions.GetTimeoutError, ray.exceptions.ObjectLostError) as exc:
             if isinstance(getattr(exc, "cause", None), ModelError):
                 raise exc.cause from None
-            if isinstance(exc, ray.exceptions.RayActorError):
+            if not isinstance(exc, ray.exceptions.RayTaskError):  # the actor, or its result, is gone
                 pool.replace(slot, actor)
             attempts[shard.shard_id] = attempts.get(shard.shard_id, 0) + 1
             if attempts[shard.shard_id] < state.spec.resources.max_attempts:

@@ -25,12 +25,15 @@ from alray.errors import JobFailed
 from alray.job.progress import Progress
 
 __all__ = ["ClusterLost", "ClusterWatch", "RaySession", "connect", "interrupts_held",
-           "ray_session", "run_with_limit"]
+           "ray_session", "run_with_limit", "FETCH_SECONDS"]
 
 #: How long the cluster may stay unreachable, or this driver's node dead, before the job ends.
 LOST_AFTER_SECONDS = 45.0
 #: How long one question to the control store may take.
 _QUESTION_SECONDS = 10.0
+#: How long fetching a result that ``ray.wait`` reported ready may take (its object may sit on a
+#: node that just went away); past it, the result counts as lost.
+FETCH_SECONDS = 60.0
 
 
 def connect(address: str | None = None) -> bool:
