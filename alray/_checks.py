@@ -81,6 +81,13 @@ def float_list(value: Any, where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in items)
 
 
+def share(value: Any, where: str) -> float:
+    """A share in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(where, f"got {describe(value)}; expected a share in [0, 1]")
+    return float(value)
+
+
 def positive_number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(where, f"got {describe(value)}; expected a number > 0")

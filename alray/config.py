@@ -21,6 +21,7 @@ import yaml
 from alray import _checks as checks
 from alray.errors import ConfigError
 from alray.scoring.registry import SCORE_NAMES, SCORES, is_custom
+from alray.selection.registry import METHOD_NAMES, METHODS
 
 __all__ = [
     "JobSpec",
@@ -157,11 +158,38 @@ class ScoringSpec:
 class SelectionSpec:
     k: int = _spec(check=checks.int_at_least(1))
     candidates: int | None = _spec(None, checks.int_at_least(1))
+    method: str = _spec("topk", checks.one_of(*METHOD_NAMES))
+    prefilter: int = _spec(10, checks.int_at_least(1))
+    explore: float = _spec(0.0, checks.share)
+    power: float = _spec(1.0, checks.positive_number)
+    balance: str = _spec("none", checks.one_of("none", "predicted"))
+    exclude: tuple[str, ...] = _spec((), checks.string_list)
+    clusters: int | None = _spec(None, checks.int_at_least(1))
+    seed: int = _spec(0, checks.int_at_least(0))
+
+    @property
+    def explore_count(self) -> int:
+        """Rows of the selection drawn uniformly from the whole pool: ``explore * k``, rounded."""
+        return min(self.k, int(self.explore * self.k + 0.5))
+
+    @property
+    def method_count(self) -> int:
+        """Rows the method picks: ``k`` less the explore share."""
+        return self.k - self.explore_count
+
+    @property
+    def prefiltered(self) -> int:
+        """How many of the global top candidates the method chooses among: ``prefilter * k``
+        for a diversity method, or when class caps may pass over some; else ``k``."""
+        if METHODS[self.method].diversity or self.balance == "predicted":
+            return self.prefilter * self.k
+        return self.k
 
     @property
     def per_shard(self) -> int:
-        """How many candidates each shard keeps for the reducer (M >= k)."""
-        return self.candidates if self.candidates is not None else self.k
+        """How many candidates each shard keeps for the reducer (M >= k; ``prefilter * k`` for
+        a diversity method, unless ``candidates`` says more)."""
+        return self.candidates if self.candidates is not None else self.prefiltered
 
 
 @_section
@@ -356,10 +384,7 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data (what ``job.json`` records)."""
-        out = dataclasses.asdict(self)
-        out["pool"]["uri"] = list(self.pool.uri)
-        out["pool"]["carry"] = list(self.pool.carry)
-        return out
+        return _plain(dataclasses.asdict(self))
 
     def digest(self, keys: tuple[str, ...] | None = None) -> str:
         """sha256 of the spec (or of the listed dotted keys) as canonical JSON."""
@@ -378,6 +403,15 @@ class JobSpec:
         return self.storage.fsspec()
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists, all the way down (YAML and JSON have lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     pool = dataclasses.replace(spec.pool, uri=tuple(_resolve(u, base) for u in spec.pool.uri))
     model = spec.model
@@ -387,7 +421,9 @@ def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
             members=None if model.members is None else tuple(_resolve(m, base)
                                                              for m in model.members))
     output = dataclasses.replace(spec.output, uri=_resolve(spec.output.uri, base))
-    return dataclasses.replace(spec, pool=pool, model=model, output=output)
+    selection = dataclasses.replace(
+        spec.selection, exclude=tuple(_resolve(u, base) for u in spec.selection.exclude))
+    return dataclasses.replace(spec, pool=pool, model=model, output=output, selection=selection)
 
 
 def _check_image_pool(spec: JobSpec) -> JobSpec:
@@ -412,11 +448,7 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
     """Rules that involve more than one key."""
     if not spec.pool.uri:
         raise ConfigError("pool.uri", "required key is missing; name a folder, glob or file")
-    if spec.selection.candidates is not None and spec.selection.candidates < spec.selection.k:
-        raise ConfigError(
-            "selection.candidates",
-            f"got {spec.selection.candidates}; must be >= selection.k ({spec.selection.k})",
-        )
+    _check_selection(spec)
     _check_scoring(spec)
     kind = spec.model.kind
     if spec.pool.format == "images":
@@ -495,6 +527,33 @@ def _check_scoring(spec: JobSpec) -> None:
         target_index(spec)
     if score.needs_embedding and model.kind == "precomputed":
         raise ConfigError("scoring.strategy", f"{scoring.strategy} needs an embedding; a "
+                                              "precomputed output has none: use a linear model, "
+                                              "or a model that returns (output, embedding)")
+
+
+def _check_selection(spec: JobSpec) -> None:
+    """The selection method against the candidates and the model."""
+    selection = spec.selection
+    method = METHODS[selection.method]
+    if selection.candidates is not None and selection.candidates < selection.prefiltered:
+        need = (f"selection.prefilter * selection.k ({selection.prefilter} * {selection.k}), "
+                f"since {method.name} chooses among them" if method.diversity
+                else f"selection.k ({selection.k})")
+        raise ConfigError("selection.candidates",
+                          f"got {selection.candidates}; must be >= {need}")
+    regression = spec.model.task == "regression"
+    if regression and (method.classification_only or selection.balance == "predicted"):
+        key = "selection.method" if method.classification_only else "selection.balance"
+        value = method.name if method.classification_only else "predicted"
+        raise ConfigError(key, f"got {value}, which needs class probabilities; model.task is "
+                               "regression")
+    if method.needs_samples and samples_per_row(spec) < 2:
+        raise ConfigError("selection.method", f"got {method.name}, which needs K > 1 samples per "
+                                              f"row and this job gives K = "
+                                              f"{samples_per_row(spec)}; set scoring.mc_samples "
+                                              ">= 2 or list >= 2 model.members")
+    if "embedding" in method.vectors and spec.model.kind == "precomputed":
+        raise ConfigError("selection.method", f"got {method.name}, which needs an embedding; a "
                                               "precomputed output has none: use a linear model, "
                                               "or a model that returns (output, embedding)")
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from alray.config import JobSpec
 from alray.errors import ConfigError
+from alray.ledger import Exclusion
 from alray.models.files import check_model_source, model_input_width
 from alray.output.commits import ShardRecord, load_records, scoring_hash, shard_key
 from alray.output.folder import OutputFolder
-from alray.sources.files import access_refusals
+from alray.selection.parts import CandidatePlan
+from alray.sources.files import access_refusals, open_parquet
 from alray.sources.images import plan_image_shards
 from alray.sources.plan import ShardSpec, list_pool_files, plan_shards
 from alray.sources.rows import ShardColumns
@@ -37,6 +41,10 @@ class JobPlan:
         scoring: the hash of everything that changes a shard's scores (model content, keys).
         records: the commit records found under ``output.uri`` (empty with ``fresh``).
         reusable: ids of the shards whose commit matches their current key: not scored again.
+        rebuild: ids of the shards whose scores are reusable and whose candidates are not (the
+            ledgers, ``k`` or the selection changed): rebuilt from the scores file, no model.
+        exclusion: the ids the ledgers of ``selection.exclude`` name.
+        candidates_key: what a commit's candidates must match to be reused.
     """
 
     spec: JobSpec
@@ -44,6 +52,9 @@ class JobPlan:
     scoring: str
     records: dict[str, ShardRecord]
     reusable: frozenset[str]
+    rebuild: frozenset[str] = frozenset()
+    exclusion: Exclusion = Exclusion()
+    candidates_key: str = ""
 
     @property
     def bad(self) -> list[ShardSpec]:
@@ -53,7 +64,8 @@ class JobPlan:
     @property
     def to_score(self) -> list[ShardSpec]:
         """Shards a run would hand to actors."""
-        return [s for s in self.shards if s.problem is None and s.shard_id not in self.reusable]
+        return [s for s in self.shards if s.problem is None and s.shard_id not in self.reusable
+                and s.shard_id not in self.rebuild]
 
     @property
     def rows(self) -> int:
@@ -101,16 +113,49 @@ def plan_job(spec: JobSpec, fresh: bool = False) -> JobPlan:
     shards = _plan_shards(spec)
     if shards and all(s.problem is not None for s in shards):
         raise _every_shard_is_bad(shards)
+    exclusion = _exclusion(spec, shards)
     scoring = scoring_hash(spec)
     with access_refusals("output.uri", spec.output.uri):
         records = {} if fresh else load_records(OutputFolder.of(spec))
-    wanted = spec.selection.per_shard  # fewer committed candidates: scored again, since their
-    reusable = frozenset(              # vectors (probs, embedding) are not in the scores file
-        s.shard_id for s in shards
-        if s.problem is None and s.shard_id in records and records[s.shard_id].status == "done"
-        and records[s.shard_id].key == shard_key(s, scoring)
-        and records[s.shard_id].candidates >= wanted)
-    return JobPlan(spec, tuple(shards), scoring, records, reusable)
+    candidates = CandidatePlan.of(spec)
+    candidates_key = candidates.key(exclusion.digest)
+    scored = [s.shard_id for s in shards
+              if s.problem is None and s.shard_id in records
+              and records[s.shard_id].status == "done"
+              and records[s.shard_id].key == shard_key(s, scoring)]
+    reusable = frozenset(sid for sid in scored if records[sid].candidates_key == candidates_key)
+    # other candidates from the same scores: without vectors they come from the scores file;
+    # with vectors (an embedding, probs) the shard is read and scored again
+    rebuild = frozenset() if candidates.needs_scan else frozenset(scored) - reusable
+    return JobPlan(spec, tuple(shards), scoring, records, reusable, rebuild, exclusion,
+                   candidates_key)
+
+
+def _pool_id_type(spec: JobSpec, shards: list[ShardSpec]) -> pa.DataType | None:
+    """The pool's id type, from the first good shard (an image folder's ids are strings)."""
+    shard = next((s for s in shards if s.problem is None), None)
+    if shard is None:
+        return None
+    if shard.members is not None:
+        return pa.string()
+    try:
+        with open_parquet(shard.uri, spec.fsspec_storage) as f:
+            return f.schema_arrow.field(spec.pool.id_column).type
+    except (OSError, KeyError):  # unreadable for now: the actors will say so
+        return None
+
+
+def _exclusion(spec: JobSpec, shards: list[ShardSpec]) -> Exclusion:
+    """The ledgers of ``selection.exclude``, read once and checked against the pool's ids."""
+    if not spec.selection.exclude:
+        return Exclusion()
+    with access_refusals("selection.exclude", ", ".join(spec.selection.exclude)):
+        exclusion = Exclusion.of(spec.selection.exclude, spec.fsspec_storage)
+    if len(exclusion):
+        id_type = _pool_id_type(spec, shards)
+        if id_type is not None:
+            exclusion.check_id_type(id_type)
+    return exclusion
 
 
 def _verdict(plan: JobPlan) -> tuple[str, bool]:
@@ -140,7 +185,7 @@ def format_plan(plan: JobPlan) -> tuple[str, bool]:
     """The text ``alray plan`` prints, and whether a run would fail on what planning found."""
     spec = plan.spec
     to_score = plan.to_score
-    reused = [s for s in plan.shards if s.shard_id in plan.reusable]
+    reused = [s for s in plan.shards if s.shard_id in plan.reusable | plan.rebuild]
     files = len({s.uri for s in plan.shards})
     lines = [
         f"{spec.name}: plan (nothing ran; Ray was not started)",
@@ -150,7 +195,8 @@ def format_plan(plan: JobPlan) -> tuple[str, bool]:
         f"  output:  {spec.output.uri}",
         f"  to score: {len(to_score):,} shard(s), {plan.rows_of(to_score):,} rows",
         f"  reused:   {len(reused):,} shard(s), {plan.rows_of(reused):,} rows (committed under "
-        "the same key)",
+        "the same key" + (f"; {len(plan.rebuild):,} take their candidates again from their "
+                          "scores files" if plan.rebuild else "") + ")",
         f"  bad:      {len(plan.bad):,} shard(s)",
     ]
     for shard in plan.bad[:_PROBLEMS_SHOWN]:

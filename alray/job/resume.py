@@ -7,14 +7,19 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import dataclasses
+
+import pyarrow.parquet as pq
+
 from alray.config import JobSpec
-from alray.output.commits import ShardRecord, load_records, read_candidates
+from alray.ledger import Exclusion
+from alray.output.commits import ShardRecord, load_records, read_candidates, write_commit
 from alray.output.folder import OutputFolder
-from alray.pipeline.outcome import ShardOutcome
-from alray.reduce import top_k_rows
+from alray.pipeline.candidates import take_candidates
+from alray.pipeline.outcome import ShardOutcome, label_candidates
 from alray.sources.plan import ShardSpec
 
-__all__ = ["prepare_output", "remove_leftovers", "reuse_committed"]
+__all__ = ["prepare_output", "rebuild_committed", "remove_leftovers", "reuse_committed"]
 
 _READ_THREADS = 16
 
@@ -45,8 +50,11 @@ def prepare_output(spec: JobSpec, shards: list[ShardSpec], fresh: bool) -> dict[
 
 
 def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcome:
-    candidates = top_k_rows(read_candidates(OutputFolder.of(spec), shard.shard_id),
-                            spec.selection.per_shard)
+    candidates = read_candidates(OutputFolder.of(spec), shard.shard_id)
+    return _outcome(shard, record, candidates)
+
+
+def _outcome(shard: ShardSpec, record: ShardRecord, candidates) -> ShardOutcome:
     return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=record.rows_in,
                         rows_scored=record.rows_scored, rows_quarantined=record.rows_quarantined,
                         errors=record.errors, candidates=candidates, seconds=0.0)
@@ -62,3 +70,29 @@ def reuse_committed(shards: list[ShardSpec], reusable: frozenset[str],
         return {o.shard_id: o for o in outcomes}
 
 
+
+
+def _rebuilt(shard: ShardSpec, record: ShardRecord, spec: JobSpec, exclusion: Exclusion,
+             candidates_key: str) -> ShardOutcome:
+    """Take the shard's candidates again from its scores file, and commit them."""
+    folder = OutputFolder.of(spec)
+    with folder.open(folder.scores(shard.shard_id)) as f:
+        scored = pq.read_table(f)
+    candidates = label_candidates(take_candidates(scored, spec, exclusion), shard)
+    record = dataclasses.replace(record, candidates=spec.selection.per_shard,
+                                 candidates_key=candidates_key)
+    write_commit(folder, record, candidates)
+    return _outcome(shard, record, candidates)
+
+
+def rebuild_committed(shards: list[ShardSpec], rebuild: frozenset[str],
+                      records: dict[str, ShardRecord], spec: JobSpec, exclusion: Exclusion,
+                      candidates_key: str) -> dict[str, ShardOutcome]:
+    """Outcomes for the shards to ``rebuild`` (their scores still hold; their candidates do
+    not: the ledgers, ``k`` or the selection changed), each rebuilt from its scores file, in
+    threads; no model and no Ray."""
+    matching = [s for s in shards if s.shard_id in rebuild and s.shard_id in records]
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        outcomes = pool.map(lambda s: _rebuilt(s, records[s.shard_id], spec, exclusion,
+                                               candidates_key), matching)
+        return {o.shard_id: o for o in outcomes}

@@ -17,7 +17,7 @@ import pyarrow as pa
 from alray import __version__
 from alray.config import JobSpec
 from alray.output import ErrorLog
-from alray.reduce import TopKReducer
+from alray.reduce.parts import CandidateReducer
 from alray.job.progress import Progress
 from alray.pipeline.outcome import ShardOutcome
 from alray.sources.plan import ShardSpec
@@ -49,7 +49,7 @@ class JobState:
     def __init__(self, spec: JobSpec, shards: list[ShardSpec], progress: Progress):
         self.spec = spec
         self.total_shards = len(shards)
-        self.reducer = TopKReducer(spec.selection.k)
+        self.reducer = CandidateReducer(spec)
         self.errors = ErrorLog()
         self.shards: dict[str, dict] = {}
         self.counts = dict(shards=len(shards), shards_done=0, shards_quarantined=0,

@@ -46,6 +46,9 @@ SCORING_KEYS = ("pool.format", "pool.id_column", "pool.feature_column", "pool.im
                 "scoring.mc_samples")
 _MC_KEYS = ("scoring.seed", "scoring.batch_size", "resources.gpus_per_actor")
 _RECORD_THREADS = 16
+#: The layout of scores files; a commit of another layout is scored again. 2: scores files keep
+#: the carried columns, so candidates can be rebuilt from them without reading the pool.
+SCORES_LAYOUT = 2
 
 
 def scoring_keys(spec: JobSpec) -> tuple[str, ...]:
@@ -100,8 +103,8 @@ def model_content_hash(spec: JobSpec) -> str:
 
 def scoring_hash(spec: JobSpec) -> str:
     """One hash of the model's content and the spec keys that change scores."""
-    return hashlib.sha256((spec.digest(scoring_keys(spec)) + model_content_hash(spec)).encode()
-                          ).hexdigest()
+    text = f"{spec.digest(scoring_keys(spec))}{model_content_hash(spec)}layout{SCORES_LAYOUT}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def shard_key(shard: ShardSpec, scoring: str) -> dict:
@@ -123,6 +126,9 @@ class ShardRecord:
     candidates: int
     errors: list
     seconds: float
+    #: :meth:`alray.selection.parts.CandidatePlan.key` of the candidates file, with the
+    #: ledgers' digest: a record whose candidates were taken otherwise rebuilds them.
+    candidates_key: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, default=str).encode()

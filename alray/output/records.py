@@ -12,7 +12,7 @@ from alray.sources.files import parquet_bytes
 
 __all__ = ["ErrorLog", "write_job_json", "write_selection", "SELECTION_COLUMNS"]
 
-SELECTION_COLUMNS = ["rank", "id", "score", "shard", "uri", "predicted"]
+SELECTION_COLUMNS = ["rank", "id", "score", "shard", "uri", "predicted", "reason"]
 
 
 class ErrorLog:
@@ -44,10 +44,12 @@ class ErrorLog:
 
 def write_selection(folder: OutputFolder, selected: pa.Table | None, carry: tuple[str, ...],
                     id_type: pa.DataType) -> tuple[str, pa.Table]:
-    """Write ``selection.parquet``: rank, id, score, shard, uri, predicted, then carried columns."""
+    """Write ``selection.parquet``: rank, id, score, shard, uri, predicted, reason, then carried
+    columns."""
     if selected is None:
         fields = [("rank", pa.int64()), ("id", id_type), ("score", pa.float32()),
-                  ("shard", pa.string()), ("uri", pa.string()), ("predicted", pa.int32())]
+                  ("shard", pa.string()), ("uri", pa.string()), ("predicted", pa.int32()),
+                  ("reason", pa.string())]
         table = pa.table({name: pa.array([], type=t) for name, t in fields})
     else:
         table = selected.append_column("rank", pa.array(range(selected.num_rows), pa.int64()))

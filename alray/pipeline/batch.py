@@ -24,6 +24,7 @@ from alray.scoring.registry import CLASSIC_SCORES, score_for
 from alray.scoring.samples import mean_log_probs, mean_prediction
 from alray.scoring.uncertainty import log_probs_from_logits, log_probs_from_probs, score_all
 from alray.scoring.validity import PROB_SUM_TOLERANCE, invalid_rows
+from alray.selection.parts import CandidatePlan
 from alray.sources.plan import ShardSpec
 from alray.sources.rows import RowBatch
 
@@ -114,6 +115,10 @@ class BatchScorer:
         self.kernel = None if self.score.name in CLASSIC_SCORES else self._load_kernel()
         self.target = target_index(spec) if self.score.needs_target else None
         self.output_kind = "outputs" if self.task == "regression" else predictor.output
+        plan = CandidatePlan.of(spec)
+        #: The vectors the candidates carry (the selection method's), and the embedding of
+        #: labeled rows for ``kcenter``: nothing else leaves the device.
+        self.vectors = set(plan.vectors) | ({"embedding"} if plan.labeled else set())
 
     def _load_kernel(self):
         try:
@@ -190,7 +195,11 @@ class BatchScorer:
             columns["score"] = score
             if self.score.name != "score":  # a built-in beyond the classic four: its own column
                 columns[self.score.name] = score
-        vectors = {"probs": torch.exp(mean_lp)}
+        vectors = {}
+        if "probs" in self.vectors:
+            vectors["probs"] = torch.exp(mean_lp)
+        if "samples" in self.vectors:  # [B, C, K] flattened to [B, C * K], samples last
+            vectors["samples"] = torch.exp(log_probs).reshape(len(log_probs), -1)
         return columns, vectors
 
     def _regression(self, out: ModelOutput) -> tuple[dict, dict]:
@@ -227,7 +236,11 @@ class BatchScorer:
             out.values = self._filled(out.values, rejected)
         columns, vectors = (self._regression(out) if self.task == "regression"
                             else self._classification(out))
-        if out.embedding is not None:
+        if "embedding" in self.vectors:
+            if out.embedding is None:
+                raise ModelError("selection.method: needs the model's embedding and the model "
+                                 "returns none; return (output, embedding [B, D]) from the "
+                                 "model, or choose topk, power or random")
             vectors["embedding"] = out.embedding
         good = np.flatnonzero(~rejected)
         as_numpy = {name: t.cpu().numpy() for name, t in columns.items()}

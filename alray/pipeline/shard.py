@@ -17,10 +17,13 @@ from alray.errors import ShardError
 from alray.output.commits import ShardRecord, shard_key, write_commit
 from alray.output.folder import OutputFolder
 from alray.pipeline.batch import BatchScorer, RowRejects
-from alray.pipeline.outcome import (ShardOutcome, bad_shard_outcome, candidate_columns,
-                                    error_record, label_candidates, scores_file_columns)
+from alray.ledger import Exclusion
+from alray.pipeline.candidates import take_candidates
+from alray.pipeline.outcome import (ShardOutcome, bad_shard_outcome, error_record,
+                                    label_candidates, scores_file_columns)
 from alray.pipeline.vectors import CandidateVectors, VectorsIncomplete
-from alray.reduce import first_occurrences, top_k_rows
+from alray.reduce import first_occurrences
+from alray.selection.parts import CandidatePlan
 from alray.sources.files import parquet_bytes
 from alray.sources.images import read_image_shard
 from alray.sources.parquet import read_shard
@@ -89,16 +92,41 @@ def _drop_repeated_ids(table: pa.Table, rejects: RowRejects) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
+class _LabeledRows:
+    """The embeddings of the rows the ledgers name as labeled (``kcenter`` starts from them);
+    as many as the shard holds, which a labeled set keeps small."""
+
+    def __init__(self, exclusion: Exclusion | None, wanted: bool):
+        self.exclusion = exclusion if wanted and exclusion is not None \
+            and len(exclusion.labeled) else None
+        self.ids: list[pa.Array] = []
+        self.embeddings: list[np.ndarray] = []
+
+    def add(self, ids: pa.Array, vectors: dict[str, np.ndarray]) -> None:
+        if self.exclusion is None or "embedding" not in vectors:
+            return
+        labeled = self.exclusion.mask(ids, "labeled")
+        if labeled.any():
+            self.ids.append(ids.filter(pa.array(labeled)))
+            self.embeddings.append(vectors["embedding"][labeled])
+
+    def table(self) -> pa.Table | None:
+        if not self.ids:
+            return None
+        values = np.concatenate(self.embeddings).astype(np.float32)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
+        table = pa.table({"id": pa.concat_arrays(self.ids), "embedding": embedding})
+        return table.filter(pa.array(first_occurrences(table.column("id"))))
+
+
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: RowRejects,
-            id_type: pa.DataType, vectors: CandidateVectors) -> pa.Table:
+            id_type: pa.DataType, vectors: CandidateVectors, exclusion: Exclusion | None,
+            labeled: _LabeledRows) -> pa.Table:
     names = scores_file_columns(spec)
     table = _drop_repeated_ids(rows.table(names, id_type, spec.pool.carry), rejects)
     folder = OutputFolder.of(spec)
-    folder.write(folder.scores(shard.shard_id), parquet_bytes(table.select(names)))
-    candidates = top_k_rows(table, spec.selection.per_shard)
-    candidates = candidates.select([*candidate_columns(spec), *spec.pool.carry])
-    for name, column in vectors.columns(candidates.column("row").to_numpy()).items():
-        candidates = candidates.append_column(name, column)
+    folder.write(folder.scores(shard.shard_id), parquet_bytes(table))
+    candidates = take_candidates(table, spec, exclusion, vectors, labeled.table())
     return label_candidates(candidates, shard)
 
 
@@ -110,11 +138,14 @@ def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):
 
 
 def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
-               keep_all: bool = False, raise_transient: bool = False) -> ShardOutcome:
+               keep_all: bool = False, raise_transient: bool = False,
+               exclusion: Exclusion | None = None) -> ShardOutcome:
     """Score every row of ``shard``, write its scores file, and return its top-M candidates.
 
     The candidates carry ``probs`` (classification) and the model's ``embedding`` where it gives
     one; only vectors of rows that may still be among the shard's top M are held while scanning.
+    Ids in ``exclusion`` (the ledgers) are scored and written to the scores file, but never
+    become candidates.
 
     Args:
         keep_all: hold every row's vectors (the exact fallback for shards that repeat ids).
@@ -130,6 +161,9 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
     rejects = RowRejects(shard, fail_fast)
     rows = _ShardRows()
     vectors = CandidateVectors(spec.selection.per_shard, keep_all)
+    labeled = _LabeledRows(exclusion, "embedding" in scorer.vectors)
+    excluding = exclusion is not None and len(exclusion) > 0
+    kept_vectors = CandidatePlan.of(spec).vectors
     columns = ShardColumns.of(spec, scorer.predictor.input_width)
     rows_in, id_type = 0, pa.int64()
     try:
@@ -139,11 +173,17 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
             id_type = batch.ids.type
             scored = scorer(batch, columns.value_column, rejects, index)
             ids = rows.add(batch, scored.good, scored.columns)
-            vectors.add(batch.first_row + scored.good, ids, scored.columns["score"],
-                        scored.vectors)
-        candidates = _finish(shard, spec, rows, rejects, id_type, vectors)
+            labeled.add(ids, scored.vectors)
+            open_rows = ~exclusion.mask(ids) if excluding else slice(None)
+            vectors.add((batch.first_row + scored.good)[open_rows],
+                        ids.filter(pa.array(open_rows)) if excluding else ids,
+                        scored.columns["score"][open_rows],
+                        {name: v[open_rows] for name, v in scored.vectors.items()
+                         if name in kept_vectors})
+        candidates = _finish(shard, spec, rows, rejects, id_type, vectors, exclusion, labeled)
     except VectorsIncomplete:  # repeated ids pushed a row in whose vectors were let go
-        return scan_shard(shard, spec, scorer, keep_all=True, raise_transient=raise_transient)
+        return scan_shard(shard, spec, scorer, keep_all=True, raise_transient=raise_transient,
+                          exclusion=exclusion)
     except ShardError as exc:
         if exc.transient and raise_transient:
             raise _TransientFailure from exc
@@ -161,12 +201,14 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
 _TRANSIENT_RETRIES, _FIRST_WAIT = 3, 0.5
 
 
-def scan_with_retries(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer) -> ShardOutcome:
+def scan_with_retries(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
+                      exclusion: Exclusion | None = None) -> ShardOutcome:
     """:func:`scan_shard`, scanned again with backoff (0.5 s, 1 s, 2 s) while a remote read
     fails for a reason that may pass, before the shard counts as bad."""
     for attempt in range(_TRANSIENT_RETRIES + 1):
         try:
-            return scan_shard(shard, spec, scorer, raise_transient=attempt < _TRANSIENT_RETRIES)
+            return scan_shard(shard, spec, scorer, raise_transient=attempt < _TRANSIENT_RETRIES,
+                              exclusion=exclusion)
         except _TransientFailure:
             time.sleep(_FIRST_WAIT * 2 ** attempt)
     raise AssertionError("unreachable: the last attempt does not raise")
@@ -176,13 +218,14 @@ class _TransientFailure(Exception):
     pass
 
 
-def scan_and_commit(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
-                    scoring: str) -> ShardOutcome:
+def scan_and_commit(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer, scoring: str,
+                    exclusion: Exclusion | None = None) -> ShardOutcome:
     """:func:`scan_with_retries`, then commit a finished shard so a resumed job can reuse it."""
-    outcome = scan_with_retries(shard, spec, scorer)
+    outcome = scan_with_retries(shard, spec, scorer, exclusion)
     if outcome.status == "done":
         record = ShardRecord(shard.shard_id, shard_key(shard, scoring), outcome.status,
                              outcome.rows_in, outcome.rows_scored, outcome.rows_quarantined,
-                             spec.selection.per_shard, outcome.errors, round(outcome.seconds, 3))
+                             spec.selection.per_shard, outcome.errors, round(outcome.seconds, 3),
+                             CandidatePlan.of(spec).key(exclusion.digest if exclusion else ""))
         write_commit(OutputFolder.of(spec), record, outcome.candidates)
     return outcome

@@ -12,22 +12,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["TopKReducer", "first_occurrences", "top_k_rows", "RANK_ORDER"]
+__all__ = ["KEY_ORDER", "RANK_ORDER", "TopKReducer", "first_occurrences", "top_k_rows"]
 
 RANK_ORDER = [("score", "descending"), ("id", "ascending")]
+#: The order of whole-pool draws: the smallest key first (see :mod:`alray.selection.keys`).
+KEY_ORDER = [("key", "ascending"), ("id", "ascending")]
 #: What a dropped duplicate keeps for ``errors.jsonl``.
 _DUPLICATE_COLUMNS = ("id", "score", "shard", "uri", "row")
 
 
 def top_k_rows(table: pa.Table, k: int, order=RANK_ORDER) -> pa.Table:
-    """The ``k`` best rows of ``table`` (needs ``score`` and ``id``), in rank order.
+    """The first ``k`` rows of ``table`` in ``order`` (default: score descending, id ascending).
 
-    A partition finds the k-th score first, so only rows at or above it are sorted.
+    A partition finds the k-th value of the first sort column, so only rows at or before it are
+    sorted.
     """
     if table.num_rows > k:
-        scores = table.column("score").to_numpy()
-        kth = np.partition(scores, table.num_rows - k)[table.num_rows - k]
-        table = table.filter(pa.array(scores >= kth))
+        column, direction = order[0]
+        values = table.column(column).to_numpy()
+        if direction == "descending":
+            kth = np.partition(values, table.num_rows - k)[table.num_rows - k]
+            table = table.filter(pa.array(values >= kth))
+        else:
+            kth = np.partition(values, k - 1)[k - 1]
+            table = table.filter(pa.array(values <= kth))
     return table.take(pc.sort_indices(table, sort_keys=order)[:k])
 
 
@@ -55,8 +63,8 @@ class TopKReducer:
     rows in rank order.
     """
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, order=RANK_ORDER):
+        self.k, self.order = k, order
         self._table: pa.Table | None = None
         self._duplicates: list[pa.Table] = []
 
@@ -65,11 +73,11 @@ class TopKReducer:
             return
         merged = candidates if self._table is None else pa.concat_tables(
             [self._table, candidates], promote_options="permissive")
-        merged = merged.take(pc.sort_indices(merged, sort_keys=RANK_ORDER + [("shard", "ascending")]))
+        merged = merged.take(pc.sort_indices(merged, sort_keys=self.order + [("shard", "ascending")]))
         keep = first_occurrences(merged.column("id"))
         if not keep.all():
             dropped, merged = merged.filter(pa.array(~keep)), merged.filter(pa.array(keep))
-            winners = merged.select(["id", "shard", "score"]).rename_columns(
+            winners = merged.select(["id", "shard", self.order[0][0]]).rename_columns(
                 ["id", "kept_in", "kept_score"])
             # a join takes scalar columns only: the vectors (probs, embedding) stay behind
             dropped = dropped.select([c for c in _DUPLICATE_COLUMNS if c in dropped.column_names])

@@ -27,7 +27,7 @@ class ScoringActor:
     of a dead actor; an actor without a model refuses to score.
     """
 
-    def __init__(self, spec: JobSpec, import_paths: list[str], scoring: str):
+    def __init__(self, spec: JobSpec, import_paths: list[str], scoring: str, exclusion=None):
         for path in reversed(import_paths):  # so `python` models import as on the driver
             if path not in sys.path:
                 sys.path.insert(0, path)
@@ -37,6 +37,7 @@ class ScoringActor:
 
         self.spec = spec
         self.scoring = scoring
+        self.exclusion = exclusion  # the ledgers' ids (alray.ledger.Exclusion), or None
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
                                    else "cpu")
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -59,4 +60,4 @@ class ScoringActor:
 
         if self.scorer is None:
             raise ModelError(self.load_error or "model: not loaded")
-        return scan_and_commit(shard, self.spec, self.scorer, self.scoring)
+        return scan_and_commit(shard, self.spec, self.scorer, self.scoring, self.exclusion)

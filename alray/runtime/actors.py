@@ -58,8 +58,12 @@ class ActorPool:
     before it gets work."""
 
     def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str,
-                 watch: ClusterWatch):
-        self._make = lambda: ScoringActor.options(**options).remote(spec, [os.getcwd()], scoring)
+                 watch: ClusterWatch, exclusion=None):
+        # the ledgers' ids go to Ray's object store once; every actor (and a replacement) reads
+        # the same copy
+        exclusion_ref = ray.put(exclusion) if exclusion is not None and len(exclusion) else None
+        self._make = lambda: ScoringActor.options(**options).remote(
+            spec, [os.getcwd()], scoring, exclusion_ref)
         self.options = options
         self.start_limit = spec.resources.actor_start_timeout
         self.actors: list = []

@@ -22,12 +22,13 @@ from alray.config import JobSpec
 from alray.errors import JobFailed, ModelError
 from alray.job.plan import JobPlan, plan_job
 from alray.job.progress import Progress
-from alray.job.resume import prepare_output, remove_leftovers, reuse_committed
+from alray.job.resume import prepare_output, rebuild_committed, remove_leftovers, reuse_committed
 from alray.job.state import JobState, now, running_record
 from alray.output import OutputFolder, write_job_json, write_selection
 from alray.output.lock import OutputLock
 from alray.pipeline.outcome import bad_shard_outcome, error_record
 from alray.runtime.actors import ActorPool, actor_options
+from alray.selection.stage import select
 from alray.runtime.session import (FETCH_SECONDS, ClusterLost, ClusterWatch, interrupts_held,
                                    ray_session)
 from alray.sources.files import access_refusals
@@ -116,7 +117,7 @@ def _score(state: JobState, plan: JobPlan, address: str | None) -> list[str]:
     with ray_session(address, progress) as session:
         count, options = actor_options(plan.spec, session)
         pool = ActorPool(plan.spec, min(count, len(shards)), options, plan.scoring,
-                         ClusterWatch())
+                         ClusterWatch(), plan.exclusion)
         try:
             progress.say(f"starting {len(pool.actors)} scoring actor(s) and loading the model")
             pool.wait_first()
@@ -169,6 +170,8 @@ def _record_known(state: JobState, plan: JobPlan, fresh: bool) -> None:
     with access_refusals("output.uri", spec.output.uri):
         records = prepare_output(spec, list(plan.shards), fresh)
         reused = reuse_committed(list(plan.shards), plan.reusable, records, spec)
+        reused.update(rebuild_committed(list(plan.shards), plan.rebuild, records, spec,
+                                        plan.exclusion, plan.candidates_key))
     for shard in plan.shards:
         if shard.shard_id in reused:
             state.record(reused[shard.shard_id], reused=True)
@@ -189,7 +192,7 @@ def _finish(state: JobState, started: str, clock: float, devices: list[str],
     selection = None
     if not failure:
         paths["selection"], selection = write_selection(
-            folder, state.reducer.result(), spec.pool.carry, state.id_type)
+            folder, select(state.reducer.result(), spec), spec.pool.carry, state.id_type)
     paths["job"] = write_job_json(folder, record)
     if failure:
         raise JobFailed(failure)
