@@ -19,8 +19,10 @@ __all__ = [
     "ModelError",
     "Result",
     "ShardError",
+    "SimulationResult",
     "__version__",
     "run",
+    "simulate",
 ]
 
 
@@ -31,4 +33,8 @@ def __getattr__(name: str):
         from alray.runtime import driver
 
         return getattr(driver, name)
+    if name in ("simulate", "SimulationResult"):
+        from alray.simulation import loop
+
+        return getattr(loop, name)
     raise AttributeError(f"module 'alray' has no attribute {name!r}")

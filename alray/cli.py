@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray address to join ('auto' joins a running cluster)")
     run.add_argument("--dry-run", action="store_true",
                      help="plan only, as `alray plan` does: nothing runs, Ray does not start")
+    run.add_argument("--ledger", metavar="URI",
+                     help="append the selection to this ledger as sent (a folder or prefix; "
+                          "name it in selection.exclude so later runs skip these ids)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress on stderr (errors and the summary still print)")
 
@@ -59,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="the job's output folder, or its spec (.yaml: its output.uri, with "
                              "its storage options)")
     status.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    simulate = commands.add_parser("simulate", help="an active-learning loop on the real engine: "
+                                                    "does a strategy beat random? (on a labeled "
+                                                    "dataset)")
+    simulate.add_argument("spec", metavar="SIM.yaml")
+    simulate.add_argument("--out", help="output folder (default: the spec's out, else "
+                                        "<name>-sim beside the spec); an earlier simulation's "
+                                        "folder is replaced")
+    simulate.add_argument("--quiet", action="store_true",
+                          help="no progress on stderr (the table still prints)")
+    simulate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -96,7 +110,11 @@ def _run(args: argparse.Namespace) -> int:
         return _plan(args)
     from alray.runtime.driver import run
 
-    result = run(_spec(args), address=args.address, fresh=args.fresh, progress=not args.quiet)
+    ledger = args.ledger
+    if ledger is not None and "://" not in ledger:
+        ledger = os.path.abspath(ledger)
+    result = run(_spec(args), address=args.address, fresh=args.fresh, progress=not args.quiet,
+                 ledger=ledger)
     print(_summary(result))
     return EXIT_OK
 
@@ -121,6 +139,16 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from alray.simulation.loop import simulate
+
+    result = simulate(args.spec, out=args.out, progress=not args.quiet)
+    print(result.table)
+    print(f"\nalray: curves -> {result.paths['curves']}; summary -> {result.paths['summary']}; "
+          f"plot -> {result.paths['plot']}")
+    return EXIT_OK
+
+
 def _exit_status(exc: BaseException) -> int:
     from alray.errors import ConfigError, ModelError
 
@@ -129,7 +157,8 @@ def _exit_status(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "plan": _plan, "demo": _demo, "status": _status}
+    handlers = {"run": _run, "plan": _plan, "demo": _demo, "status": _status,
+                "simulate": _simulate}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:

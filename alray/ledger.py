@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from alray.errors import ConfigError
 from alray.sources.files import Storage, atomic_write, join_uri, parquet_bytes, url_to_fs
 
-__all__ = ["STATUSES", "Exclusion", "append_ledger", "latest_records", "read_ledger"]
+__all__ = ["STATUSES", "Exclusion", "append_ledger", "latest_records", "next_round",
+           "read_ledger"]
 
 STATUSES = ("sent", "labeled", "skipped")
 _TIME = pa.timestamp("us", tz="UTC")
@@ -123,16 +124,25 @@ def read_ledger(uri: str, storage: Storage | None = None, key: str = "selection.
             raise ConfigError(key, f"{path}: no column {missing[0]!r}; a ledger file has "
                                    "id, status, label, round, time, source")
         try:
-            table = table.select(["id", "status", "time"]).set_column(
+            table = table.select(["id", "status", "time", "round"]).set_column(
                 0, "id", _id_array(table.column("id")))
         except ValueError as exc:
             raise ConfigError(key, f"{path}: {exc}") from None
+        except KeyError:
+            raise ConfigError(key, f"{path}: no column 'round'; a ledger file has id, status, "
+                                   "label, round, time, source") from None
         tables.append(table.set_column(2, "time", table.column("time").cast(_TIME)))
     if not tables:
-        return _schema(pa.int64()).empty_table().select(["id", "status", "time"])
+        return _schema(pa.int64()).empty_table().select(["id", "status", "time", "round"])
     if len({t.schema.field("id").type for t in tables}) > 1:
         raise ConfigError(key, f"{uri}: ids are integers in some files and strings in others")
     return pa.concat_tables(tables)
+
+
+def next_round(uri: str, storage: Storage | None = None) -> int:
+    """One more than the largest round the ledger at ``uri`` records (0 for a new ledger)."""
+    rounds = read_ledger(uri, storage, key="--ledger").column("round")
+    return 0 if len(rounds) == 0 else int(pc.max(rounds).as_py()) + 1
 
 
 def latest_records(records: pa.Table) -> pa.Table:

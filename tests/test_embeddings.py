@@ -1,4 +1,5 @@
-"""Candidates carry the model's embedding, exactly, while the scan holds only about 2M vectors."""
+"""Candidates carry the model's embedding, exactly, while the scan holds only about 2M vectors;
+and only where the selection method reads it."""
 
 from __future__ import annotations
 
@@ -59,12 +60,23 @@ def test_a_let_go_row_is_reported():
         kept.columns(np.array([1]))
 
 
-def _spec(tmp_path, pool):
+def _spec(tmp_path, pool, method="badge"):
     return JobSpec.from_dict({
         "pool": {"uri": str(pool), "feature_column": "embedding"},
         "model": {"kind": "python", "path": "tests.models:linear_with_embedding"},
-        "scoring": {"batch_size": 16}, "selection": {"k": 5, "candidates": 8},
+        "scoring": {"batch_size": 16},
+        "selection": {"k": 5, "candidates": 8, "method": method, "prefilter": 1},
         "output": {"uri": str(tmp_path / "out")}, "resources": {"on_error": "skip"}})
+
+
+def test_topk_candidates_carry_no_vectors(tmp_path):
+    """top-k reads the score only: nothing else leaves the device or lands in the commit."""
+    write_pool(tmp_path / "pool", [50], dim=8, seed=4)
+    spec = _spec(tmp_path, tmp_path / "pool", method="topk")
+    shard = plan_shards(list_pool_files(spec.pool.uri), spec.pool.rows_per_shard)[0]
+    candidates = scan_shard(shard, spec, load_scorer(spec)).candidates
+    assert candidates.num_rows == 8
+    assert not {"embedding", "probs", "samples"} & set(candidates.column_names)
 
 
 def test_candidates_carry_the_models_embedding(tmp_path):

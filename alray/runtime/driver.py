@@ -24,6 +24,7 @@ from alray.job.plan import JobPlan, plan_job
 from alray.job.progress import Progress
 from alray.job.resume import prepare_output, rebuild_committed, remove_leftovers, reuse_committed
 from alray.job.state import JobState, now, running_record
+from alray.ledger import append_ledger, next_round
 from alray.output import OutputFolder, write_job_json, write_selection
 from alray.output.lock import OutputLock
 from alray.pipeline.outcome import bad_shard_outcome, error_record
@@ -215,8 +216,21 @@ def _stopped(state: JobState, started: str, clock: float, earlier_runs: list[dic
             "committed and kept; run the same command again to resume")
 
 
+def _send_to_ledger(result: Result, spec: JobSpec, ledger: str, reporter: Progress) -> None:
+    """Append the selection to ``ledger`` as ``sent``, in the ledger's next round."""
+    round_ = next_round(ledger, spec.fsspec_storage)
+    with access_refusals("--ledger", ledger):
+        path = append_ledger(ledger, result.selection.column("id"), "sent", round=round_,
+                             source=f"alray run {spec.name}", storage=spec.fsspec_storage)
+    result.paths["ledger"] = path
+    excluded = ledger in spec.selection.exclude
+    reporter.say(f"ledger: {result.selection.num_rows:,} id(s) recorded as sent (round {round_}) "
+                 f"in {ledger}" + ("" if excluded else "; add it to selection.exclude so the "
+                                                       "next run does not select them again"))
+
+
 def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
-        fresh: bool = False, progress: bool = True) -> Result:
+        fresh: bool = False, progress: bool = True, ledger: str | None = None) -> Result:
     """Run a job: score every row of the pool and write the selection.
 
     Ray starts only when some shard needs scoring; a Ray that this call starts is shut down before
@@ -230,6 +244,8 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
         fresh: ignore earlier outputs under ``output.uri`` and score every shard again. Otherwise
             the job resumes: shards committed under the same key are not scored again.
         progress: print what the job is doing, and a progress bar on a terminal, to stderr.
+        ledger: a ledger URI (:mod:`alray.ledger`) to which the selection is appended as
+            ``sent`` once the job has succeeded, in the ledger's next round.
 
     Raises:
         ConfigError: the spec does not fit the pool or the model (a problem every shard shares),
@@ -279,4 +295,7 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
                         started, time.perf_counter() - clock, "failed", [], earlier_runs,
                         str(exc)))
             raise
-        return _finish(state, started, clock, devices, earlier_runs)
+        result = _finish(state, started, clock, devices, earlier_runs)
+    if ledger is not None:
+        _send_to_ledger(result, spec, ledger, reporter)
+    return result
