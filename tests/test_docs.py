@@ -267,6 +267,7 @@ def test_each_spec_table_documents_one_section():
 
 
 @pytest.mark.parametrize("key, constant", [("scoring.strategy", "SCORE_NAMES"),
+                                           ("selection.method", "METHOD_NAMES"),
                                            ("model.kind", "MODEL_KINDS"),
                                            ("pool.format", "POOL_FORMATS")])
 def test_documented_choices_match_the_code(key, constant):
@@ -294,6 +295,23 @@ def test_every_score_is_documented_and_nothing_else_is():
     assert not code - documented, f"scores missing from docs/scores.md: {sorted(code - documented)}"
     assert not documented - code, (f"docs/scores.md documents strategies alray does not have: "
                                    f"{sorted(documented - code)}")
+
+
+def test_every_selection_method_is_documented_and_nothing_else_is():
+    from alray.selection.registry import METHODS
+
+    documented = table_under("selection.md", "Methods", "method").first_column()
+    assert sorted(documented) == sorted(METHODS), (f"docs/selection.md methods {documented} != "
+                                                   f"{sorted(METHODS)}")
+
+
+def test_the_ledger_columns_match_the_code():
+    import pyarrow as pa
+
+    from alray.ledger import _schema
+
+    documented = table_under("selection.md", "Ledgers", "column").first_column()
+    assert documented == _schema(pa.int64()).names
 
 
 # ----------------------------------------------------------------------------------- outputs
