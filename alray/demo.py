@@ -1,7 +1,9 @@
 """``alray demo``: the main job, end to end, on scikit-learn's handwritten digits.
 
 Trains a linear head on a few labeled digits, writes the rest as a parquet pool, runs the job on a
-local Ray and prints what a user wants to see. Fixed seed: the same selection every time.
+local Ray twice (the top-k by entropy, then a diversity method over the same scores) and prints
+what a user wants to see: the selection, and how the two batches differ in class mix and
+near-copies. Fixed seed: the same selections every time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = ["run_demo", "write_digits_pool", "train_head"]
 SEED = 0
 LABELED_PER_CLASS = 3
 SHARDS = 4
+#: The diversity method the demo sets beside top-k.
+DIVERSE = "badge"
 _MARKER = ".alray-demo"
 
 JOB_YAML = """\
@@ -39,11 +43,26 @@ scoring:
   strategy: entropy
 selection:
   k: {k}
-  candidates: {candidates}
+  method: topk              # try: --set selection.method={diverse}
 output:
   uri: ./output
 resources:
   on_error: fail
+"""
+
+
+SIM_YAML = f"""\
+# Written by `alray demo`: does a method beat random on digits? Each round trains a logistic
+# head on the labels so far, runs the real job over the unlabeled rows and reveals the batch.
+dataset: digits
+learner: logistic
+initial: 20
+batch: 20
+rounds: 9
+repeats: 3
+strategies:
+  - {{name: entropy, scoring: {{strategy: entropy}}}}
+  - {{name: {DIVERSE}, scoring: {{strategy: entropy}}, selection: {{method: {DIVERSE}}}}}
 """
 
 
@@ -111,7 +130,7 @@ def _build(out: Path, k: int) -> Path:
     save_file({"weight": weight, "bias": bias}, str(out / "head.safetensors"))
     write_digits_pool(out / "pool", x[pool], y[pool], ids=pool.astype(np.int64))
     spec_path = out / "job.yaml"
-    spec_path.write_text(JOB_YAML.format(k=k, candidates=4 * k))
+    spec_path.write_text(JOB_YAML.format(k=k, diverse=DIVERSE))
     return spec_path
 
 
@@ -119,8 +138,40 @@ def _class_mix(labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels, minlength=10) / max(len(labels), 1)
 
 
-def _report(result, pool_labels: np.ndarray, pool_predicted: np.ndarray, seconds: float,
-            labeled: int) -> str:
+def _near_copies(pixels: np.ndarray, threshold: float) -> int:
+    """Selected rows that have another selected row closer than ``threshold`` (Euclidean)."""
+    d = np.sqrt(((pixels[:, None, :] - pixels[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return int((d.min(1) < threshold).sum())
+
+
+def _copy_threshold(pool_pixels: np.ndarray) -> float:
+    """What counts as a near-copy: the 1st percentile of distances between random pool rows."""
+    rng = np.random.default_rng(SEED)
+    a, b = rng.integers(0, len(pool_pixels), (2, 20_000))
+    return float(np.percentile(np.sqrt(((pool_pixels[a] - pool_pixels[b]) ** 2).sum(1)), 1))
+
+
+def _comparison(pool: dict, batches: dict) -> list[str]:
+    """Class mix, classes covered, near-copies and the head's accuracy, per batch."""
+    threshold = _copy_threshold(pool["pixels"])
+    lines = ["class mix        " + " ".join(f"{c:>5}" for c in range(10))
+             + "  classes  near-copies  head right",
+             "  pool         " + " ".join(f"{v:5.1%}" for v in _class_mix(pool["label"]))]
+    for name, selection in batches.items():
+        labels = selection.column("label").to_numpy()
+        rows = np.searchsorted(pool["id"], selection.column("id").to_numpy())
+        right = np.mean(selection.column("predicted").to_numpy() == labels)
+        lines.append(f"  {name:<12} " + " ".join(f"{v:5.1%}" for v in _class_mix(labels))
+                     + f"  {len(set(labels.tolist())):>7}  "
+                     f"{_near_copies(pool['pixels'][rows], threshold):>11}  {right:>10.1%}")
+    lines.append(f"  (near-copies: selected rows with another selected row closer than "
+                 f"{threshold:.2f}, the 1st percentile of distances between pool rows)")
+    return lines
+
+
+def _report(result, diverse, pool: dict, pool_predicted: np.ndarray, seconds: float,
+            labeled: int, out: Path) -> str:
     counts, selection = result.counts, result.selection
     sel_labels = selection.column("label").to_numpy()
     sel_predicted = selection.column("predicted").to_numpy()
@@ -137,14 +188,18 @@ def _report(result, pool_labels: np.ndarray, pool_predicted: np.ndarray, seconds
         *(f"  {r['rank']:>4} {r['id']:>6}  {r['score']:.3f}  {r['predicted']:>9}  {r['label']:>4}"
           for r in head),
         "",
-        "class mix      " + " ".join(f"{c:>5}" for c in range(10)),
-        "  pool       " + " ".join(f"{v:5.1%}" for v in _class_mix(pool_labels)),
-        "  selection  " + " ".join(f"{v:5.1%}" for v in _class_mix(sel_labels)),
-        "",
-        f"head accuracy: {np.mean(pool_predicted == pool_labels):.1%} on the pool, "
+        f"head accuracy: {np.mean(pool_predicted == pool['label']):.1%} on the pool, "
         f"{np.mean(sel_predicted == sel_labels):.1%} on the selection: the selected rows are "
         "where the model is wrong, worth a label",
-        f"outputs: {result.paths['selection']}, {result.paths['job']}",
+        "",
+        f"the same pool, the same scores, two ways to choose {selection.num_rows} rows:",
+        *_comparison(pool, {"topk": selection, DIVERSE: diverse.selection}),
+        f"top-k takes the rows the head is least sure of, many of them near-copies from a few "
+        f"confusable classes; {DIVERSE} takes uncertain rows unlike each other",
+        "",
+        f"outputs: {result.paths['selection']}, {diverse.paths['selection']}",
+        f"does it pay? simulate labeling rounds on this data: alray simulate "
+        f"{out / 'digits.sim.yaml'} --out {out / 'simulate'}",
     ]
     return "\n".join(lines)
 
@@ -162,16 +217,29 @@ def run_demo(out: str | Path = "alray-demo", k: int = 50) -> "object":
     from alray.config import JobSpec
     from alray.runtime.driver import run
 
+    import ray
+
     started = time.perf_counter()
     out = Path(out).resolve()
     _prepare(out)
     spec_path = _build(out, k)
-    result = run(JobSpec.from_yaml(spec_path))
-    pool = pq.read_table(out / "pool", columns=["id", "label"]).sort_by("id")
+    (out / "digits.sim.yaml").write_text(SIM_YAML)
+    ours = not ray.is_initialized()
+    if ours:  # one Ray for both jobs
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        result = run(JobSpec.from_yaml(spec_path))
+        diverse = run(JobSpec.from_yaml(spec_path, overrides={
+            "selection.method": DIVERSE, "output.uri": "./output-" + DIVERSE}))
+    finally:
+        if ours:
+            ray.shutdown()
+    table = pq.read_table(out / "pool", columns=["id", "label", "pixels"]).sort_by("id")
+    pool = {"id": table.column("id").to_numpy(), "label": table.column("label").to_numpy(),
+            "pixels": np.stack(table.column("pixels").to_numpy(zero_copy_only=False))}
     predicted = _pool_predictions(result.output_uri)
-    print(_report(result, pool.column("label").to_numpy(),
-                  predicted.column("predicted").to_numpy(), time.perf_counter() - started,
-                  labeled=10 * LABELED_PER_CLASS))
+    print(_report(result, diverse, pool, predicted.column("predicted").to_numpy(),
+                  time.perf_counter() - started, labeled=10 * LABELED_PER_CLASS, out=out))
     return result
 
 
