@@ -46,49 +46,74 @@ class ClassCaps:
         self.cap = cap
         self.counts: dict[int, int] = {}
 
-    def open(self) -> torch.Tensor:
-        """``[N]`` bool: candidates whose class still has room."""
-        full = [c for c, n in self.counts.items() if n >= self.cap]
-        if not full:
-            return torch.ones_like(self.classes, dtype=torch.bool)
-        return ~torch.isin(self.classes, torch.tensor(full, device=self.classes.device))
-
     def allows(self, index: int) -> bool:
         return self.counts.get(int(self.classes[index]), 0) < self.cap
 
-    def take(self, index: int) -> None:
+    def take(self, index: int) -> int | None:
+        """Count a pick; returns its class when that class is now full."""
         c = int(self.classes[index])
         self.counts[c] = self.counts.get(c, 0) + 1
+        return c if self.counts[c] >= self.cap else None
 
 
-def _open(n: int, caps: ClassCaps | None, device) -> torch.Tensor:
-    return caps.open().to(device) if caps is not None else torch.ones(n, dtype=torch.bool,
-                                                                       device=device)
+class _Picks:
+    """The picks so far, and ``open``: the ``[N]`` mask of candidates still eligible (not picked,
+    class not full), kept up to date pick by pick."""
+
+    def __init__(self, n: int, caps: ClassCaps | None, device):
+        self.caps = caps
+        self.order: list[int] = []
+        self.open = torch.ones(n, dtype=torch.bool, device=device)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def allows(self, index: int) -> bool:
+        return bool(self.open[index])
+
+    def take(self, index: int) -> None:
+        self.order.append(index)
+        self.open[index] = False
+        full = self.caps.take(index) if self.caps is not None else None
+        if full is not None:
+            self.open &= self.caps.classes.to(self.open.device) != full
+
+    def indices(self) -> torch.Tensor:
+        return torch.tensor(self.order, dtype=torch.int64)
 
 
-def _take(picks: list[int], index: int, caps: ClassCaps | None) -> None:
-    picks.append(index)
-    if caps is not None:
-        caps.take(index)
+class _Rows:
+    """Squared distances from every row of ``x`` to one row or to a few centers, with the rows'
+    squared norms computed once."""
 
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.sq = (x * x).sum(1)
 
-def _as_indices(picks: list[int]) -> torch.Tensor:
-    return torch.tensor(picks, dtype=torch.int64)
+    def to_row(self, index: int) -> torch.Tensor:
+        """``[N]`` squared distances to row ``index``."""
+        return (self.sq + self.sq[index] - 2 * (self.x @ self.x[index])).clamp_min_(0)
 
-
-def _sq_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """``[N, M]`` squared Euclidean distances, clamped at 0."""
-    d = (x * x).sum(1, keepdim=True) - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
-    return d.clamp_min_(0)
+    def to_points(self, points: torch.Tensor) -> torch.Tensor:
+        """``[N]`` squared distance to the nearest of ``points`` ``[L, D]``, in blocks."""
+        _, nearest = _nearest(self.x, points)
+        return nearest
 
 
 def _nearest(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row of ``x``: the nearest center's index and squared distance, in blocks."""
+    """For each row of ``x``: the nearest center's index and squared distance, in blocks.
+
+    A row's own norm does not change which center is nearest, so each block is one
+    ``|c|^2 - 2 x c^T`` (a single ``addmm``) and one ``min``; the norm is added to the minimum.
+    """
     labels = torch.empty(len(x), dtype=torch.int64, device=x.device)
     dists = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    center_sq = (centers * centers).sum(1)
     for start in range(0, len(x), _BLOCK_ROWS):
-        block = _sq_distances(x[start:start + _BLOCK_ROWS], centers)
-        dists[start:start + len(block)], labels[start:start + len(block)] = block.min(1)
+        block = x[start:start + _BLOCK_ROWS]
+        partial = torch.addmm(center_sq, block, centers.T, alpha=-2.0)
+        nearest, labels[start:start + len(block)] = partial.min(1)
+        dists[start:start + len(block)] = (nearest + (block * block).sum(1)).clamp_min_(0)
     return labels, dists
 
 
@@ -117,29 +142,21 @@ def kcenter_greedy(embedding: torch.Tensor, k: int, *, start: torch.Tensor | Non
     Returns:
         ``[n]`` indices in pick order.
     """
-    n = len(embedding)
-    picks: list[int] = []
-    eligible = _open(n, caps, embedding.device)
+    rows = _Rows(embedding)
+    picks = _Picks(len(embedding), caps, embedding.device)
     if start is not None and len(start):
-        _, nearest = _nearest(embedding, start.to(embedding))
+        nearest = rows.to_points(start.to(embedding))
     else:
-        first = int(torch.nonzero(eligible)[0]) if eligible.any() else None
-        if first is None:
-            return _as_indices(picks)
-        _take(picks, first, caps)
-        nearest = _sq_distances(embedding, embedding[first:first + 1])[:, 0]
-    chosen = torch.zeros(n, dtype=torch.bool, device=embedding.device)
-    chosen[picks] = True
-    while len(picks) < min(k, n):
-        eligible = _open(n, caps, embedding.device) & ~chosen
-        if not eligible.any():
-            break
-        index = int(torch.where(eligible, nearest, torch.full_like(nearest, -1.0)).argmax())
-        _take(picks, index, caps)
-        chosen[index] = True
-        nearest = torch.minimum(nearest,
-                                _sq_distances(embedding, embedding[index:index + 1])[:, 0])
-    return _as_indices(picks)
+        if not bool(picks.open.any()):
+            return picks.indices()
+        first = int(torch.nonzero(picks.open)[0])
+        picks.take(first)
+        nearest = rows.to_row(first)
+    while len(picks) < k and bool(picks.open.any()):
+        index = int(torch.where(picks.open, nearest, torch.full_like(nearest, -1.0)).argmax())
+        picks.take(index)
+        nearest = torch.minimum(nearest, rows.to_row(index))
+    return picks.indices()
 
 
 # ----------------------------------------------------------------------------------- k-means
@@ -150,16 +167,17 @@ def _seed_centers(x: torch.Tensor, weights: torch.Tensor, k: int, seed: int) -> 
     heaviest row (ties: the lowest index), then each next is drawn with probability
     ``weight * D^2`` from :func:`uniform_stream`; ``[k']`` row indices, ``k' <= k``."""
     u = uniform_stream(seed, k, _SALT_KMEANS)
+    rows = _Rows(x)
     first = int(weights.argmax())
     centers = [first]
-    nearest = _sq_distances(x, x[first:first + 1])[:, 0]
+    nearest = rows.to_row(first)
     for step in range(1, k):
         mass = weights * nearest
         if not bool((mass > 0).any()):
             break  # every row sits on a center: fewer distinct centers than k
         index = _draw(mass, float(u[step]))
         centers.append(index)
-        nearest = torch.minimum(nearest, _sq_distances(x, x[index:index + 1])[:, 0])
+        nearest = torch.minimum(nearest, rows.to_row(index))
     return torch.tensor(centers, dtype=torch.int64, device=x.device)
 
 
@@ -208,8 +226,9 @@ def weighted_kmeans(embedding: torch.Tensor, weights: torch.Tensor, k: int, *, s
         ``[n]`` indices in rank order (ascending index).
     """
     n = len(embedding)
+    picks = _Picks(n, caps, embedding.device)
     if n == 0:
-        return _as_indices([])
+        return picks.indices()
     weights = weights.to(embedding).clamp_min(1e-6)
     labels, centers = kmeans(embedding, weights, min(k, n), seed=seed, iterations=iterations)
     dist = torch.empty(n, dtype=embedding.dtype, device=embedding.device)
@@ -219,27 +238,37 @@ def weighted_kmeans(embedding: torch.Tensor, weights: torch.Tensor, k: int, *, s
     mass = torch.zeros(len(centers), dtype=embedding.dtype,
                        device=embedding.device).index_add_(0, labels, weights)
     order = sorted(range(len(centers)), key=lambda c: (-float(mass[c]), c))
-    picks: list[int] = []
-    taken = torch.zeros(n, dtype=torch.bool, device=embedding.device)
     for cluster in order:
         if len(picks) >= k:
             break
-        members = (labels == cluster) & _open(n, caps, embedding.device)
-        if not members.any():
-            continue
-        index = int(torch.where(members, dist, torch.full_like(dist, math.inf)).argmin())
-        _take(picks, index, caps)
-        taken[index] = True
+        members = (labels == cluster) & picks.open
+        if bool(members.any()):
+            picks.take(int(torch.where(members, dist, torch.full_like(dist, math.inf)).argmin()))
     for index in range(n):  # fill from the top of the ranking
         if len(picks) >= k:
             break
-        if not taken[index] and (caps is None or caps.allows(index)):
-            _take(picks, index, caps)
-            taken[index] = True
-    return torch.sort(_as_indices(picks)).values
+        if picks.allows(index):
+            picks.take(index)
+    return torch.sort(picks.indices()).values
 
 
 # ----------------------------------------------------------------------------------- BADGE
+
+
+class _GradientRows:
+    """Squared distances between BADGE's gradient embeddings ``g_i = a_i (outer) h_i`` without
+    building them: ``|g_i - g_j|^2 = |a_i|^2 |h_i|^2 + |a_j|^2 |h_j|^2 - 2 <a_i, a_j> <h_i, h_j>``,
+    two matrix-vector products per row ``j``. A result within float rounding of zero (1e-6 of
+    the norms) is zero, so a copy of a pick is never drawn for rounding noise."""
+
+    def __init__(self, a: torch.Tensor, h: torch.Tensor):
+        self.a, self.h = a, h
+        self.sq = (a * a).sum(1) * (h * h).sum(1)  # |g_i|^2
+
+    def to_row(self, index: int) -> torch.Tensor:
+        scale = self.sq + self.sq[index]
+        d = scale - 2 * (self.a @ self.a[index]) * (self.h @ self.h[index])
+        return torch.where(d > 1e-6 * scale, d, torch.zeros_like(d))
 
 
 def badge(probs: torch.Tensor, embedding: torch.Tensor, k: int, *, seed: int,
@@ -248,9 +277,9 @@ def badge(probs: torch.Tensor, embedding: torch.Tensor, k: int, *, seed: int,
     bounds"): k-means++ seeding over the gradient embeddings ``g_i = (p_i - e_{argmax p_i})
     (outer) h_i``, the last layer's gradient under the predicted label.
 
-    The ``[C * D]`` vectors are never built: ``<g_i, g_j> = <a_i, a_j> <h_i, h_j>`` with
-    ``a = p - onehot(argmax p)``, so each squared distance is
-    ``|a_i|^2 |h_i|^2 + |a_j|^2 |h_j|^2 - 2 <a_i, a_j> <h_i, h_j>``: ``O(N (C + D))`` per pick.
+    The ``[C * D]`` vectors are never built: with ``a = p - onehot(argmax p)``,
+    ``<g_i, g_j> = <a_i, a_j> <h_i, h_j>``, so each pick costs two matrix-vector products,
+    ``O(N (C + D))`` (:class:`_GradientRows`).
 
     The first pick is the largest gradient norm (ties: the lower index), as the authors' code
     does; each next is drawn with probability ``D^2`` (squared distance to the nearest pick) by
@@ -268,26 +297,21 @@ def badge(probs: torch.Tensor, embedding: torch.Tensor, k: int, *, seed: int,
     a = probs.to(embedding).clone()
     a[torch.arange(n), probs.argmax(1)] -= 1.0
     h = embedding
-    norms = (a * a).sum(1) * (h * h).sum(1)  # |g_i|^2
+    rows = _GradientRows(a, h)
+    norms = rows.sq
     u = uniform_stream(seed, k, _SALT_BADGE)
-    picks: list[int] = []
-    chosen = torch.zeros(n, dtype=torch.bool, device=h.device)
+    picks = _Picks(n, caps, h.device)
     nearest = torch.full_like(norms, math.inf)
-    while len(picks) < min(k, n):
-        eligible = _open(n, caps, h.device) & ~chosen
-        if not eligible.any():
-            break
-        if not picks:
-            index = int(torch.where(eligible, norms, torch.full_like(norms, -1.0)).argmax())
+    while len(picks) < k and bool(picks.open.any()):
+        if not len(picks):
+            index = int(torch.where(picks.open, norms, torch.full_like(norms, -1.0)).argmax())
         else:
-            mass = torch.where(eligible, nearest, torch.zeros_like(nearest))
+            mass = torch.where(picks.open, nearest, torch.zeros_like(nearest))
             index = (_draw(mass, float(u[len(picks)])) if bool((mass > 0).any())
-                     else int(torch.nonzero(eligible)[0]))
-        _take(picks, index, caps)
-        chosen[index] = True
-        d = norms + norms[index] - 2 * (a @ a[index]) * (h @ h[index])
-        nearest = torch.minimum(nearest, d.clamp_min(0))
-    return _as_indices(picks)
+                     else int(torch.nonzero(picks.open)[0]))
+        picks.take(index)
+        nearest = torch.minimum(nearest, rows.to_row(index))
+    return picks.indices()
 
 
 # ----------------------------------------------------------------------------------- cluster-margin
@@ -310,8 +334,9 @@ def cluster_margin(embedding: torch.Tensor, k: int, *, clusters: int, seed: int,
         ``[n]`` indices in pick order.
     """
     n = len(embedding)
+    picks = _Picks(n, caps, embedding.device)
     if n == 0:
-        return _as_indices([])
+        return picks.indices()
     weights = torch.ones(n, dtype=embedding.dtype, device=embedding.device)
     labels, _ = kmeans(embedding, weights, min(clusters, n), seed=seed)
     labels = labels.cpu().numpy()
@@ -319,14 +344,13 @@ def cluster_margin(embedding: torch.Tensor, k: int, *, clusters: int, seed: int,
     members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
     members = [m[np.argsort(u[m], kind="stable")].tolist() for m in members if len(m)]
     members.sort(key=len)  # stable: equal sizes keep cluster order
-    picks: list[int] = []
     while len(picks) < k and any(members):
         for queue in members:
-            while queue and caps is not None and not caps.allows(queue[0]):
+            while queue and not picks.allows(queue[0]):
                 queue.pop(0)
             if queue and len(picks) < k:
-                _take(picks, queue.pop(0), caps)
-    return _as_indices(picks)
+                picks.take(queue.pop(0))
+    return picks.indices()
 
 
 # ----------------------------------------------------------------------------------- BatchBALD
@@ -376,13 +400,9 @@ def batchbald(samples: torch.Tensor, k: int, *, seed: int, caps: ClassCaps | Non
     n = len(samples)
     conditional = _entropy(samples, 1).mean(1)  # [N] E_w H(y_i | w)
     generator = torch.Generator().manual_seed(seed)
-    picks: list[int] = []
-    chosen = torch.zeros(n, dtype=torch.bool, device=samples.device)
-    while len(picks) < min(k, n):
-        eligible = _open(n, caps, samples.device) & ~chosen
-        if not eligible.any():
-            break
-        joint = _configurations(samples, picks, max_configurations, generator)  # [K, M]
+    picks = _Picks(n, caps, samples.device)
+    while len(picks) < k and bool(picks.open.any()):
+        joint = _configurations(samples, picks.order, max_configurations, generator)  # [K, M]
         exact = samples.shape[1] ** len(picks) <= max_configurations
         weights = joint.mean(0)  # [M] p(configuration)
         gain = torch.empty(n, dtype=samples.dtype, device=samples.device)
@@ -392,7 +412,5 @@ def batchbald(samples: torch.Tensor, k: int, *, seed: int, caps: ClassCaps | Non
             terms = -(p * torch.log(p.clamp_min(1e-300)))
             h = terms.sum((1, 2)) if exact else (terms.sum(2) / weights[None, :]).mean(1)
             gain[start:start + len(s)] = h - conditional[start:start + len(s)]
-        index = int(torch.where(eligible, gain, torch.full_like(gain, -math.inf)).argmax())
-        _take(picks, index, caps)
-        chosen[index] = True
-    return _as_indices(picks)
+        picks.take(int(torch.where(picks.open, gain, torch.full_like(gain, -math.inf)).argmax()))
+    return picks.indices()
