@@ -21,6 +21,7 @@ were judged not worth labeling.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alray.errors import ConfigError
+from alray.selection.keys import id_hashes
 from alray.sources.files import Storage, atomic_write, join_uri, parquet_bytes, url_to_fs
 
 __all__ = ["STATUSES", "Exclusion", "append_ledger", "latest_records", "next_round",
@@ -159,12 +161,47 @@ def latest_records(records: pa.Table) -> pa.Table:
     return records.take(pa.array(order.column("at").to_numpy()[first]))
 
 
+class _SortedIds:
+    """An exact membership index over a set of ids, built once per process: a sorted array
+    searched per batch (``O(B log N)``). Arrow's ``is_in`` would rebuild its hash table from the
+    whole set on every call: 2.9 s per 8,192-row batch against 10M ids, where this takes
+    0.4 ms. String ids are searched by their 64-bit hash, and every hit is checked against the
+    string itself, so a hash collision never excludes a row."""
+
+    def __init__(self, ids: pa.Array):
+        self.strings = None
+        if pa.types.is_integer(ids.type):
+            self.keys = np.sort(ids.to_numpy(zero_copy_only=False))
+            return
+        hashes = id_hashes(ids)
+        order = np.argsort(hashes, kind="stable")
+        self.keys, self.strings = hashes[order], ids.take(pa.array(order))
+
+    def contains(self, ids: pa.Array) -> np.ndarray:
+        """``[n]`` bool: which of ``ids`` are in the set."""
+        if len(self.keys) == 0 or len(ids) == 0:
+            return np.zeros(len(ids), bool)
+        keys = ids.to_numpy(zero_copy_only=False) if self.strings is None else id_hashes(ids)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[at] == keys
+        if self.strings is None or not found.any():
+            return found
+        for i in np.flatnonzero(found):  # a hash hit: the string must match too
+            j, value = int(at[i]), ids[int(i)].as_py()
+            while j < len(self.keys) and self.keys[j] == keys[i] \
+                    and self.strings[j].as_py() != value:
+                j += 1
+            found[i] = j < len(self.keys) and self.keys[j] == keys[i]
+        return found
+
+
 @dataclass(frozen=True)
 class Exclusion:
     """The ids a job must never select, and those of them that are labeled.
 
     Built once on the driver from ``selection.exclude`` and sent to every actor once (Ray's object
-    store); :meth:`mask` is one Arrow ``is_in`` per batch against a hash set.
+    store); each process builds its sorted index once, and :meth:`mask` is a binary search per
+    batch.
 
     Attributes:
         ids: every id the ledgers name, unique, sorted.
@@ -214,10 +251,20 @@ class Exclusion:
                                                    f"ids are {pool}; a ledger records the pool's "
                                                    "own ids")
 
-    def mask(self, ids: pa.Array, which: str = "ids") -> np.ndarray:
+    @functools.cached_property
+    def _index(self) -> _SortedIds:
+        return _SortedIds(self.ids)
+
+    @functools.cached_property
+    def _labeled_index(self) -> _SortedIds:
+        return _SortedIds(self.labeled)
+
+    def __getstate__(self) -> dict:  # the indexes are rebuilt where they are used
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("index")}
+
+    def mask(self, ids: pa.Array | pa.ChunkedArray, which: str = "ids") -> np.ndarray:
         """``[n]`` bool, True where an id of ``ids`` is excluded (``which="labeled"``: labeled)."""
-        values = getattr(self, which)
-        if not len(values):
-            return np.zeros(len(ids), bool)
-        found = pc.is_in(_id_array(ids), value_set=values)
-        return found.to_numpy(zero_copy_only=False)
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        index = self._index if which == "ids" else self._labeled_index
+        return index.contains(_id_array(ids))
