@@ -30,6 +30,16 @@ def int_at_least(minimum: int) -> Checker:
     return check
 
 
+def int_between(minimum: int, maximum: int) -> Checker:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ConfigError(where, f"got {describe(value)}; expected an integer from {minimum} "
+                                     f"to {maximum}")
+        return value
+
+    return check
+
+
 def one_of(*allowed: Any) -> Checker:
     def check(value: Any, where: str) -> Any:
         if isinstance(value, (bool, float)) or value not in allowed:

@@ -165,7 +165,7 @@ class SelectionSpec:
     balance: str = _spec("none", checks.one_of("none", "predicted"))
     exclude: tuple[str, ...] = _spec((), checks.string_list)
     clusters: int | None = _spec(None, checks.int_at_least(1))
-    seed: int = _spec(0, checks.int_at_least(0))
+    seed: int = _spec(0, checks.int_between(0, 2**63 - 1))
 
     @property
     def explore_count(self) -> int:

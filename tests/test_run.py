@@ -202,3 +202,29 @@ def test_python_factory_model_and_binary_head(tmp_path):
     assert result.selection.column("id").to_pylist() == full_sort_ids(scores, 5)
     assert set(scores.column("predicted").to_pylist()) <= {0, 1}
     assert scores.column("margin").to_numpy().max() <= 1.0
+
+
+def test_kept_actors_load_the_next_jobs_model(tmp_path):
+    """keep_actors: the next job reloads its own model into the idle actor (new weights give
+    that model's selection), and the actor is reused, not started again."""
+    from alray.runtime import warm
+
+    write_pool(tmp_path / "pool", [300, 300], dim=8, seed=3)
+    fresh = {}
+    for seed in (1, 2):
+        write_head(tmp_path / "head.safetensors", classes=4, dim=8, seed=seed)
+        fresh[seed] = run_spec(write_spec(tmp_path, resources={"actors": 1}), ).selection
+    try:
+        kept = []
+        for seed in (1, 2):
+            write_head(tmp_path / "head.safetensors", classes=4, dim=8, seed=seed)
+            result = alray.run(alray.JobSpec.from_yaml(write_spec(tmp_path, resources={
+                "actors": 1})), fresh=True, progress=False, keep_actors=True)
+            assert result.selection.column("id").equals(fresh[seed].column("id"))
+            idle = [a for actors in warm._IDLE.values() for a in actors]
+            assert len(idle) == 1
+            kept.append(idle[0])
+        assert kept[0] is kept[1]  # the same actor took the second job
+    finally:
+        warm.release()
+    assert not warm._IDLE

@@ -28,19 +28,25 @@ class ScoringActor:
     """
 
     def __init__(self, spec: JobSpec, import_paths: list[str], scoring: str, exclusion=None):
+        import torch
+
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
+                                   else "cpu")
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.load(spec, import_paths, scoring, exclusion)
+
+    def load(self, spec: JobSpec, import_paths: list[str], scoring: str,
+             exclusion=None) -> dict:
+        """Load a job's model (a warm actor takes its next job this way); returns
+        :meth:`ready`'s report."""
         for path in reversed(import_paths):  # so `python` models import as on the driver
             if path not in sys.path:
                 sys.path.insert(0, path)
-        import torch
-
         from alray.pipeline.batch import load_scorer
 
         self.spec = spec
         self.scoring = scoring
         self.exclusion = exclusion  # the ledgers' ids (alray.ledger.Exclusion), or None
-        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
-                                   else "cpu")
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.scorer = None
         self.load_error: str | None = None
         try:
@@ -49,6 +55,7 @@ class ScoringActor:
             self.load_error = str(exc)
         except Exception as exc:  # a loader's own failure: reported, never a dead actor
             self.load_error = f"model: loading failed ({type(exc).__name__}: {exc})"
+        return self.ready()
 
     def ready(self) -> dict:
         """``{"device": ..., "error": message or None}``."""

@@ -18,6 +18,7 @@ import ray
 
 from alray.config import JobSpec
 from alray.errors import ConfigError, JobFailed, ModelError
+from alray.runtime import warm
 from alray.runtime.actor import ScoringActor
 from alray.runtime.session import (FETCH_SECONDS, ClusterLost, ClusterWatch, RaySession,
                                    run_with_limit)
@@ -58,12 +59,15 @@ class ActorPool:
     before it gets work."""
 
     def __init__(self, spec: JobSpec, count: int, options: dict, scoring: str,
-                 watch: ClusterWatch, exclusion=None):
+                 watch: ClusterWatch, exclusion=None, keep_warm: bool = False):
         # the ledgers' ids go to Ray's object store once; every actor (and a replacement) reads
         # the same copy
         exclusion_ref = ray.put(exclusion) if exclusion is not None and len(exclusion) else None
-        self._make = lambda: ScoringActor.options(**options).remote(
-            spec, [os.getcwd()], scoring, exclusion_ref)
+        job = (spec, [os.getcwd()], scoring, exclusion_ref)
+        self._make = lambda: ScoringActor.options(**options).remote(*job)
+        self._reload = lambda actor: actor.load.remote(*job)
+        self.keep_warm = keep_warm
+        self._warm = warm.take(options, [os.getcwd()], count) if keep_warm else []
         self.options = options
         self.start_limit = spec.resources.actor_start_timeout
         self.actors: list = []
@@ -80,7 +84,12 @@ class ActorPool:
     def _add(self) -> None:
         self.actors.append(None)
         self.load.append(0)
-        self._start(len(self.actors) - 1)
+        slot = len(self.actors) - 1
+        if self._warm:  # an idle actor of an earlier job: it loads this job's model
+            self.actors[slot] = self._warm.pop()
+            self._starting[self._reload(self.actors[slot])] = slot
+        else:
+            self._start(slot)
 
     def _start(self, slot: int) -> None:
         """A fresh actor in ``slot``; one still there (hung, or its result lost) is killed."""
@@ -170,12 +179,19 @@ class ActorPool:
             if not self.devices:  # the limit counts from when the pool had no ready actor
                 self._since = time.monotonic()
 
-    def shutdown(self) -> None:
-        """Kill every actor; a cluster that is gone does not hold the job up or hide its error."""
+    def shutdown(self, completed: bool = False) -> None:
+        """Kill every actor; a cluster that is gone does not hold the job up or hide its error.
+        With ``keep_warm``, a job that ``completed`` keeps its ready, idle actors for the next."""
+        kept = [self.actors[slot] for slot in self.devices if self.load[slot] == 0] \
+            if self.keep_warm and completed else []
+        if kept:
+            warm.park(self.options, [os.getcwd()], kept)
+
         def kill_all():
             for actor in self.actors:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+                if not any(actor is k for k in kept):
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
 
         with contextlib.suppress(Exception):
             run_with_limit(kill_all, 10.0)

@@ -111,14 +111,16 @@ def _dispatch(state: JobState, pool: ActorPool, shards: list[ShardSpec]) -> None
                     shard, error_record(shard, "retries_exhausted", message), fail_fast))
 
 
-def _score(state: JobState, plan: JobPlan, address: str | None) -> list[str]:
+def _score(state: JobState, plan: JobPlan, address: str | None,
+           keep_actors: bool = False) -> list[str]:
     """Score the shards that need it on Ray actors; returns the actors' devices."""
     shards = plan.to_score
     progress = state.progress
+    completed = False
     with ray_session(address, progress) as session:
         count, options = actor_options(plan.spec, session)
         pool = ActorPool(plan.spec, min(count, len(shards)), options, plan.scoring,
-                         ClusterWatch(), plan.exclusion)
+                         ClusterWatch(), plan.exclusion, keep_warm=keep_actors and session.kept)
         try:
             progress.say(f"starting {len(pool.actors)} scoring actor(s) and loading the model")
             pool.wait_first()
@@ -129,12 +131,13 @@ def _score(state: JobState, plan: JobPlan, address: str | None) -> list[str]:
             started = time.perf_counter()
             try:
                 _dispatch(state, pool, shards)
+                completed = True
             finally:
                 state.scoring_seconds = time.perf_counter() - started
                 progress.close()
         finally:
             with interrupts_held():
-                pool.shutdown()
+                pool.shutdown(completed)
     return [pool.devices[slot] for slot in sorted(pool.devices)]
 
 
@@ -230,7 +233,8 @@ def _send_to_ledger(result: Result, spec: JobSpec, ledger: str, reporter: Progre
 
 
 def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
-        fresh: bool = False, progress: bool = True, ledger: str | None = None) -> Result:
+        fresh: bool = False, progress: bool = True, ledger: str | None = None,
+        keep_actors: bool = False) -> Result:
     """Run a job: score every row of the pool and write the selection.
 
     Ray starts only when some shard needs scoring; a Ray that this call starts is shut down before
@@ -246,6 +250,11 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
         progress: print what the job is doing, and a progress bar on a terminal, to stderr.
         ledger: a ledger URI (:mod:`alray.ledger`) to which the selection is appended as
             ``sent`` once the job has succeeded, in the ledger's next round.
+        keep_actors: on a Ray the caller started (``ray.init()`` before this call), keep the
+            scoring actors alive when the job ends, so that the next ``run`` with the same
+            actor options loads its model into them instead of starting new processes (a loop
+            of rounds). They hold their CPUs or GPUs meanwhile;
+            ``alray.runtime.warm.release()`` ends them, as does ``ray.shutdown()``.
 
     Raises:
         ConfigError: the spec does not fit the pool or the model (a problem every shard shares),
@@ -279,7 +288,8 @@ def run(spec: JobSpec, out: str | None = None, *, address: str | None = None,
             write_job_json(folder, running_record(
                 spec, state, started, state.counts["shards_reused"], state.counts["rows_reused"],
                 plan.rows, earlier_runs))
-            devices = [] if state.stopping or not to_score else _score(state, plan, address)
+            devices = [] if state.stopping or not to_score else _score(state, plan, address,
+                                                                       keep_actors)
         except KeyboardInterrupt:
             with interrupts_held():
                 message = _stopped(state, started, clock, earlier_runs, "interrupted")

@@ -126,9 +126,11 @@ def _stop_private_ray(before: set[int]) -> None:
 
 @dataclass
 class RaySession:
-    """The Ray a job runs on. ``private``: this job started it (and it can not grow)."""
+    """The Ray a job runs on. ``private``: this job started it (and it can not grow).
+    ``kept``: the caller's Ray, which outlives the job (actors may stay warm on it)."""
 
     private: bool
+    kept: bool = False
 
 
 @contextlib.contextmanager
@@ -136,7 +138,7 @@ def ray_session(address: str | None, progress: Progress):
     """Ray for one job (a :class:`RaySession`): joined or started here; a Ray started here is
     stopped on the way out, also when the start itself is interrupted."""
     if ray.is_initialized():
-        yield RaySession(private=False)
+        yield RaySession(private=False, kept=True)
         return
     import psutil  # Ray ships it (ray/thirdparty_files)
 

@@ -72,8 +72,18 @@ def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     raise TypeError(f"ids are integers or strings; got {ids.type}")
 
 
+def _seed_mix(seed: int, salt: int) -> np.uint64:
+    """splitmix64 of ``(seed << 8) ^ salt``; a seed of more than 56 bits (a nanosecond
+    timestamp) mixes in each further 64-bit word by one more splitmix64."""
+    value = (seed << 8) ^ salt
+    mix = _splitmix64(np.array([value % 2**64], np.uint64))[0]
+    for shift in range(64, value.bit_length(), 64):
+        mix = _splitmix64(np.array([mix ^ np.uint64((value >> shift) % 2**64)]))[0]
+    return mix
+
+
 def _uniforms(hashes: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    seed_mix = _splitmix64(np.array([(seed << 8) ^ salt], np.uint64))[0]
+    seed_mix = _seed_mix(seed, salt)
     z = _splitmix64(_splitmix64(hashes ^ seed_mix))
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
 
