@@ -19,6 +19,16 @@ from tests.conftest import embedding_array, write_head, write_spec
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
+
+@pytest.fixture(autouse=True)
+def warm_actors():
+    """The jobs of a test reuse their actors (``keep_actors``), as a loop of rounds does; none
+    outlive the test, so other tests find the session's CPUs free."""
+    from alray.runtime import warm
+
+    yield
+    warm.release()
+
 CLASSES, DIM = 4, 8
 
 
@@ -45,7 +55,7 @@ def _write(folder, table: pa.Table, files: int) -> None:
 def _run(folder, selection: dict, actors: int = 2, **kwargs) -> alray.Result:
     path = write_spec(folder, pool={"carry": ["origin"]}, selection=selection,
                       resources={"actors": actors})
-    return alray.run(alray.JobSpec.from_yaml(path), progress=False, **kwargs)
+    return alray.run(alray.JobSpec.from_yaml(path), progress=False, keep_actors=True, **kwargs)
 
 
 METHODS = [{"method": "kmeans"}, {"method": "kcenter"}, {"method": "badge"},
@@ -150,7 +160,7 @@ def test_batchbald_runs_on_a_committee(tmp_path):
     path = write_spec(tmp_path, model={"path": None, "members": heads},
                       scoring={"strategy": "bald"},
                       selection={"k": 6, "method": "batchbald", "prefilter": 4})
-    result = alray.run(alray.JobSpec.from_yaml(path), progress=False)
+    result = alray.run(alray.JobSpec.from_yaml(path), progress=False, keep_actors=True)
     assert result.selection.num_rows == 6
     assert len(set(result.selection.column("id").to_pylist())) == 6
     assert set(result.selection.column("reason").to_pylist()) == {"diversity"}
