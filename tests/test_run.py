@@ -118,7 +118,9 @@ def test_carry_columns_and_outputs(tmp_path):
     result = run_spec(spec)
     out = tmp_path / "out"
     selection = pq.read_table(out / "selection.parquet")
-    assert selection.column_names == ["rank", "id", "score", "shard", "uri", "predicted", "tag"]
+    assert selection.column_names == ["rank", "id", "score", "shard", "uri", "predicted", "reason",
+                                      "tag"]
+    assert set(selection.column("reason").to_pylist()) == {"score"}
     assert selection.column("tag").to_pylist() == [f"row-{i}" for i in selection["id"].to_pylist()]
     assert all(uri.startswith("file://") for uri in selection.column("uri").to_pylist())
     job = json.loads((out / "job.json").read_text())

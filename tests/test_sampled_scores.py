@@ -84,14 +84,21 @@ def test_committee_of_linear_heads_scores_exactly(tmp_path):
     assert scores.column("predicted").to_numpy().tolist() == mean.argmax(axis=1).tolist()
     assert scores.column("score").equals(scores.column("bald"))
     assert result.selection.column("id").to_pylist() == _full_sort_ids(scores, 25)
-    # the candidates carry p-bar and, for linear members, the input features as the embedding
-    candidates = pa.concat_tables(
-        pq.read_table(p) for p in (tmp_path / "out" / "_shards").glob("*.candidates.parquet"))
-    rows = candidates.column("id").to_numpy()
-    np.testing.assert_allclose(np.stack(candidates.column("probs").to_numpy(
-        zero_copy_only=False)), mean[rows], atol=1e-6)
-    np.testing.assert_allclose(np.stack(candidates.column("embedding").to_numpy(
-        zero_copy_only=False)), x[rows], atol=1e-6)
+    # for badge the candidates carry p-bar and, for linear members, the input features as the
+    # embedding; for batchbald every member's probabilities, samples last
+    for method, columns in (("badge", ("probs", "embedding")), ("batchbald", ("samples",))):
+        alray.run(alray.JobSpec.from_yaml(spec, overrides={
+            "selection.method": method, "selection.prefilter": 1}), progress=False)
+        candidates = pa.concat_tables(
+            pq.read_table(f) for f in (tmp_path / "out" / "_shards").glob("*.candidates.parquet"))
+        assert sorted(c for c in candidates.column_names
+                      if c in ("probs", "embedding", "samples")) == sorted(columns)
+        rows = candidates.column("id").to_numpy()
+        expected = {"probs": mean[rows], "embedding": x[rows],
+                    "samples": p[rows].reshape(len(rows), -1)}
+        for column in columns:
+            np.testing.assert_allclose(np.stack(candidates.column(column).to_numpy(
+                zero_copy_only=False)), expected[column], atol=1e-6)
 
 
 def test_identical_members_disagree_nowhere(tmp_path):
