@@ -35,6 +35,7 @@ __all__ = [
     "S3Options",
     "StorageSpec",
     "apply_overrides",
+    "read_yaml",
 ]
 
 MODEL_KINDS = ("linear", "torchscript", "python", "precomputed")
@@ -301,6 +302,22 @@ def _resolve(path: str, base_dir: Path) -> str:
 # ----------------------------------------------------------------------------------- JobSpec
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse the YAML file ``path`` (an empty file is ``{}``), refusing a key given twice in one
+    mapping; any problem is a :class:`ConfigError` naming the file and what it is (``what``)."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the {what} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}); save the {what} as "
+                                     "UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from None
+    return {} if raw is None else raw
+
+
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
 
@@ -334,17 +351,7 @@ class JobSpec:
                   out: str | None = None) -> "JobSpec":
         """Read, override and validate a spec file; relative paths are relative to its folder."""
         path = Path(path)
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read the job spec ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}); save the job spec "
-                                         "as UTF-8") from None
-        except yaml.YAMLError as exc:
-            message = " ".join(str(exc).split())
-            raise ConfigError(str(path), f"not valid YAML: {message}") from None
-        raw = {} if raw is None else raw
+        raw = read_yaml(path, "job spec")
         if not isinstance(raw, dict):
             raise ConfigError(str(path), f"got {checks.describe(raw)}; the job spec must be a mapping "
                                          "of sections (pool:, model:, selection:, output:)")

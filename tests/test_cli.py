@@ -26,7 +26,7 @@ def run_cli(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess:
 def test_public_api_is_explicit():
     assert sorted(alray.__all__) == sorted(
         ["AlrayError", "ConfigError", "JobFailed", "JobSpec", "ModelError", "Result",
-         "ShardError", "__version__", "run"])
+         "ShardError", "SimulationResult", "__version__", "run", "simulate"])
     for name in alray.__all__:
         assert hasattr(alray, name)
     assert issubclass(alray.ConfigError, ValueError) and issubclass(alray.JobFailed, RuntimeError)
@@ -81,6 +81,13 @@ def test_demo_prints_its_summary(tmp_path):
     pool_acc, sel_acc = [float(s.split("%")[0]) for s in out.split("head accuracy: ")[1]
                          .split(" on the pool, ")]
     assert sel_acc < pool_acc  # uncertain rows are where the head is wrong
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("  topk ", "  badge "))}
+    topk_copies, badge_copies = int(rows["topk"][-2]), int(rows["badge"][-2])
+    assert badge_copies < topk_copies  # the diversity batch holds fewer near-copies
+    diverse = pq.read_table(tmp_path / "demo" / "output-badge" / "selection.parquet")
+    assert diverse.num_rows == 50 and set(diverse.column("reason").to_pylist()) == {"diversity"}
+    assert "alray simulate" in out and (tmp_path / "demo" / "digits.sim.yaml").exists()
     again = run_cli("demo", "--out", tmp_path / "demo")  # overwritten, same selection
     assert again.returncode == 0
     assert pq.read_table(tmp_path / "demo" / "output" / "selection.parquet").equals(selection)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 
 import ray
 
@@ -18,6 +19,8 @@ __all__ = ["park", "release", "take"]
 
 #: (the Ray connection, the actors' options) -> idle actors.
 _IDLE: dict[tuple[str, str], list] = {}
+#: Jobs run from several threads never take the same idle actor.
+_LOCK = threading.Lock()
 
 
 def _connection() -> str:
@@ -34,22 +37,29 @@ def take(options: dict, import_paths: list[str], count: int) -> list:
     """Up to ``count`` idle actors started with these options; idle actors of any other options
     (or of an earlier Ray) are ended, to free what they hold."""
     key = _key(options, import_paths)
-    for other in [k for k in _IDLE if k != key]:
-        _end(_IDLE.pop(other))
-    idle = _IDLE.get(key, [])
-    taken, _IDLE[key] = idle[:count], idle[count:]
+    with _LOCK:
+        others = [_IDLE.pop(k) for k in [k for k in _IDLE if k != key]]
+        idle = _IDLE.get(key, [])
+        taken, _IDLE[key] = idle[:count], idle[count:]
+    for actors in others:
+        _end(actors)
     return taken
 
 
 def park(options: dict, import_paths: list[str], actors: list) -> None:
     """Keep ``actors`` (idle, alive) for the next job with the same options."""
-    _IDLE.setdefault(_key(options, import_paths), []).extend(actors)
+    key = _key(options, import_paths)
+    with _LOCK:
+        _IDLE.setdefault(key, []).extend(actors)
 
 
 def release() -> None:
     """End every idle actor."""
-    while _IDLE:
-        _end(_IDLE.popitem()[1])
+    with _LOCK:
+        idle = list(_IDLE.values())
+        _IDLE.clear()
+    for actors in idle:
+        _end(actors)
 
 
 def _end(actors: list) -> None:

@@ -161,10 +161,11 @@ def split_dataset(dataset: Dataset, test_fraction: float, initial: int, seed: in
     test = []
     for c in range(len(dataset.classes)):
         rows = np.flatnonzero(dataset.y == c)
-        test.append(rng.permutation(rows)[: int(round(test_fraction * len(rows)))])
+        test.append(rng.permutation(rows)[: round(test_fraction * len(rows))])
     test = np.sort(np.concatenate(test))
     train = np.setdiff1d(np.arange(len(dataset)), test)
-    first = np.sort(np.random.default_rng([seed, 1]).choice(train, initial, replace=False))
+    draw = min(initial, len(train))  # check_rows reports a spec that asks for more
+    first = np.sort(np.random.default_rng([seed, 1]).choice(train, draw, replace=False))
     mean = dataset.x[train].mean(axis=0)
     std = dataset.x[train].std(axis=0)
     std[std == 0] = 1.0  # a constant feature (digits' corner pixels) stays 0

@@ -23,12 +23,10 @@ at the end. Folder layout under ``out``::
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import os
 import shutil
-import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,6 +46,7 @@ from alray.simulation.spec import SimSpec, StrategySpec, load_spec
 __all__ = ["SimulationResult", "simulate"]
 
 _MARKER = ".alray-simulate"
+_ALREADY = "ids already labeled (in the run's ledger, which the job excludes)"
 _SOURCE = "simulate"
 
 
@@ -139,23 +138,26 @@ def _check_selection(run: _Run, round_: int, ids: list, rows_of: Mapping[Any, in
     if len(set(ids)) != len(ids):
         problems.append("an id selected twice in one selection")
     unknown = [i for i in ids if i not in rows_of]
-    rows = [rows_of[i] for i in ids if i in rows_of]
-    again = [i for i, r in zip(ids, rows) if r in labeled]
-    tested = [i for i, r in zip(ids, rows) if r in test]
+    known = [(i, rows_of[i]) for i in ids if i in rows_of]
+    again = [i for i, row in known if row in labeled]
+    tested = [i for i, row in known if row in test]
     for found, what in ((unknown, "ids not in the dataset"), (tested, "test-split ids"),
-                        (again, "ids already labeled (in the run's ledger, which the job "
-                                "excludes)")):
+                        (again, _ALREADY)):
         if found:
             problems.append(f"{len(found)} {what}, e.g. {found[:5]}")
     if problems:
         raise JobFailed(f"{where}: the job's selection breaks the simulation's contract: "
                         f"{'; '.join(problems)}; this is a bug in alray's selection: report it "
                         f"with the job's folder {run.folder / 'job'}")
-    return rows
+    return [row for _, row in known]
 
 
 def _select(spec: SimSpec, run: _Run, round_: int, model_section: dict, ledger: str) -> list:
-    """Run the round's job; returns the selected ids in rank order."""
+    """Run the round's job; returns the selected ids in rank order.
+
+    The job's actor stays warm for the next round, which only loads its model into it: a
+    fraction of a second, where a new actor is a new process importing torch (seconds).
+    """
     from alray.config import JobSpec
     from alray.runtime.driver import run as run_job
 
@@ -163,7 +165,7 @@ def _select(spec: SimSpec, run: _Run, round_: int, model_section: dict, ledger: 
     raw = merge(base_job(name=name, pool_uri=str(run.pool), model=model_section, k=spec.batch,
                          ledger=ledger, seed=run.repeat, output_uri=str(run.folder / "job")),
                 run.strategy.fragment)
-    result = run_job(JobSpec.from_dict(raw), fresh=True, progress=False)
+    result = run_job(JobSpec.from_dict(raw), fresh=True, progress=False, keep_actors=True)
     return result.selection.column("id").to_pylist()
 
 
@@ -176,8 +178,14 @@ def _reveal(ledger: str, dataset: Dataset, rows: list[int], round_: int) -> None
                   round=round_, source=_SOURCE)
 
 
-def _run(spec: SimSpec, dataset: Dataset, run: _Run, rows_of: Mapping[Any, int],
-         stop: threading.Event) -> _RunRecord:
+def _load(path: str):
+    """The function ``module:name`` names (a learner's training code: imports torch)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _run(spec: SimSpec, dataset: Dataset, run: _Run,
+         rows_of: Mapping[Any, int]) -> _RunRecord:
     """Rounds 0..rounds of one (strategy, repeat)."""
     train_fn = _load(LEARNERS[spec.learner].train)
     ledger = str(run.folder / "ledger")
@@ -186,8 +194,6 @@ def _run(spec: SimSpec, dataset: Dataset, run: _Run, rows_of: Mapping[Any, int],
     _reveal(ledger, dataset, labeled, 0)
     record = _RunRecord([], [], [])
     for round_ in range(spec.rounds + 1):
-        if stop.is_set():
-            raise KeyboardInterrupt
         started = time.perf_counter()
         model = train_fn(run.split.x[labeled], dataset.y[labeled], len(dataset.classes),
                          _seed(run.repeat, round_), spec.members)
@@ -207,13 +213,6 @@ def _run(spec: SimSpec, dataset: Dataset, run: _Run, rows_of: Mapping[Any, int],
     return record
 
 
-def _load(path: str):
-    import importlib
-
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 # ----------------------------------------------------------------------------------- all runs
 
 
@@ -230,68 +229,36 @@ def _runs(spec: SimSpec, dataset: Dataset, splits: list[Split], root: Path) -> l
 
 
 class _Reporter:
-    """One line per finished run on stderr (thread-safe)."""
+    """One line per finished run on stderr."""
 
     def __init__(self, progress, total: int):
         self.progress, self.total, self.done = progress, total, 0
-        self._lock = threading.Lock()
 
     def finished(self, run: _Run, record: _RunRecord) -> None:
-        with self._lock:
-            self.done += 1
-            per_round = np.mean(record.job_seconds) if record.job_seconds else 0.0
-            self.progress.say(f"simulate: {self.done}/{self.total} repeat {run.repeat} "
-                              f"{run.strategy.name}: accuracy {record.points[0][4]:.3f} -> "
-                              f"{record.points[-1][4]:.3f} at {record.points[-1][3]} labels "
-                              f"({per_round:.1f} s per job)")
+        self.done += 1
+        per_job = np.mean(record.job_seconds) if record.job_seconds else 0.0
+        self.progress.say(f"simulate: {self.done}/{self.total} repeat {run.repeat} "
+                          f"{run.strategy.name}: accuracy {record.points[0][4]:.3f} -> "
+                          f"{record.points[-1][4]:.3f} at {record.points[-1][3]} labels "
+                          f"({per_job:.2f} s per job)")
 
 
 def _run_all(spec: SimSpec, dataset: Dataset, runs: list[_Run],
              reporter: _Reporter) -> list[_RunRecord]:
-    """Every run, ``spec.parallel`` at a time (1: in this thread, so Ctrl-C reaches the job)."""
+    """Every run, one after the other, in this thread (so Ctrl-C reaches the job)."""
     rows_of = {value: i for i, value in enumerate(dataset.ids.to_pylist())}
-    stop = threading.Event()
-
-    def one(run: _Run) -> _RunRecord:
-        record = _run(spec, dataset, run, rows_of, stop)
-        reporter.finished(run, record)
-        return record
-
-    if spec.parallel == 1:
-        return [one(run) for run in runs]
-    with ThreadPoolExecutor(spec.parallel, thread_name_prefix="alray-simulate") as pool:
-        futures = [pool.submit(one, run) for run in runs]
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                raise failed[0].exception()
-        except BaseException:
-            stop.set()  # runs in flight stop at their next round; queued ones never start
-            for future in futures:
-                future.cancel()
-            raise
-        return [future.result() for future in futures]
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    """Train on ``count`` threads (small models: one thread is faster and leaves the other cores
-    to the actors), restoring the caller's setting after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    records = []
+    for run in runs:
+        records.append(_run(spec, dataset, run, rows_of))
+        reporter.finished(run, records[-1])
+    return records
 
 
 def _timing(records: list[_RunRecord], seconds: float) -> dict[str, Any]:
     """Seconds spent: in all (``wall_seconds``, Ray's start and the outputs included), per job
-    (``alray.run`` of one round, actor start-up included), per training, and the wall time per
-    round (``wall_seconds / jobs``: what a round costs end to end, with ``parallel`` runs)."""
+    (``alray.run`` of one round: its model loaded into the warm actor, the pool scored, the
+    selection written), per training, and the wall time per round (``wall_seconds / jobs``: what
+    a round costs end to end)."""
     jobs = [s for r in records for s in r.job_seconds]
     trains = [s for r in records for s in r.train_seconds]
     return {"wall_seconds": seconds, "jobs": len(jobs),
@@ -311,12 +278,17 @@ def simulate(spec: SimSpec | Mapping[str, Any] | str | os.PathLike,
             spec); replaced if an earlier simulation made it, refused if anything else did.
         progress: print a line per finished (strategy, repeat) on stderr.
 
+    Rounds run one after the other on one Ray: the caller's if it is running (``ray.init()``
+    first), else one started here and stopped before this returns. The scoring actor stays warm
+    between rounds; idle actors are ended when the simulation finishes.
+
     Raises:
         ConfigError: the spec, the dataset or the output folder is unusable (before Ray starts).
         JobFailed: a round's job failed, or its selection broke the contract (a row selected
             twice, already labeled, or in the test split).
     """
     from alray.job.progress import Progress
+    from alray.runtime import warm
     from alray.runtime.session import ray_session
 
     started = time.perf_counter()
@@ -333,8 +305,15 @@ def simulate(spec: SimSpec | Mapping[str, Any] | str | os.PathLike,
                  f"{len(splits[0].test):,} test rows, learner {spec.learner}: "
                  f"{len(spec.strategies)} strategies x {spec.repeats} repeats x {spec.rounds} "
                  f"rounds = {len(runs) * spec.rounds} jobs")
-    with _torch_threads(1), ray_session(None, reporter):
-        records = _run_all(spec, dataset, runs, _Reporter(reporter, len(runs)))
+    try:
+        with ray_session(None, reporter):
+            try:
+                records = _run_all(spec, dataset, runs, _Reporter(reporter, len(runs)))
+            finally:
+                warm.release()  # the idle actors hold CPUs of a Ray that may be the caller's
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("simulation stopped; a simulation does not resume: the same "
+                                "command starts it over") from None
     curves = curves_table([p for r in records for p in r.points],
                           [s.name for s in spec.strategies])
     rows = {"train_rows": len(splits[0].train), "test_rows": len(splits[0].test),

@@ -167,16 +167,19 @@ def format_table(summary: dict[str, Any]) -> str:
              _labels(f["labels_to_match_random"], baseline), _gain(f))
             for name, f in summary["strategies"].items()]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [f"{summary['name']}: {summary['dataset']}, learner {summary['learner']}, "
-             f"{summary['repeats']} repeats, {summary['initial']} -> {last} labels "
-             f"({summary['batch']} per round); test accuracy on {summary['test_rows']:,} rows", ""]
+    title = summary["name"] if summary["name"] == summary["dataset"] else \
+        f"{summary['name']} ({summary['dataset']})"
+    repeats = f"{summary['repeats']} repeat{'s' if summary['repeats'] != 1 else ''}"
+    lines = [(f"{title}: learner {summary['learner']}, {repeats}, "
+              f"{summary['initial']} -> {last} labels ({summary['batch']} per round); test "
+              f"accuracy on {summary['test_rows']:,} rows"), ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
               for row in (header, *rows)]
-    lines += ["", f"AUC: mean test accuracy over the {summary['rounds'] + 1} points of a curve "
-                  "(higher: better sooner). labels to reach: the first labels count where the "
-                  f"mean curve reaches random's final mean accuracy ({target:.3f}); never: not "
-                  f"within {last} labels. wins: repeats whose AUC beats random's on the same "
-                  "split."]
+    lines += ["", (f"AUC: mean test accuracy over the {summary['rounds'] + 1} points of a curve "
+                   "(higher: better sooner). labels to reach: the first labels count where the "
+                   f"mean curve reaches random's final mean accuracy ({target:.3f}); never: not "
+                   f"within {last} labels. wins: repeats whose AUC beats random's on the same "
+                   "split.")]
     return "\n".join(lines)
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from alray import _checks as checks
 from alray.errors import ConfigError
@@ -55,7 +54,6 @@ class SimSpec:
         repeats: runs per strategy, seeds 0..repeats-1.
         members: committee size (``learner: ensemble``).
         shards: pool files written per repeat.
-        parallel: (strategy, repeat) runs at a time, each its own job per round.
         strategies: the baseline ``random`` first, then the spec's, in order.
         out: the output folder (default: ``<name>-sim`` beside the spec file).
     """
@@ -73,7 +71,6 @@ class SimSpec:
     rounds: int = 20
     repeats: int = 5
     shards: int = 4
-    parallel: int = 1
     strategies: tuple[StrategySpec, ...] = ()
     out: str = ""
 
@@ -114,7 +111,6 @@ _FIELDS: dict[str, checks.Checker] = {
     "rounds": checks.int_at_least(1),
     "repeats": checks.int_at_least(1),
     "shards": checks.int_at_least(1),
-    "parallel": checks.int_at_least(1),
     "out": checks.string,
 }
 
@@ -290,6 +286,10 @@ def from_dict(raw: Mapping[str, Any], base_dir: str | os.PathLike | None = None,
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     values = _values(raw)
     values.setdefault("name", name)
+    if not _NAME.fullmatch(values["name"]):
+        raise ConfigError("name", f"got {values['name']!r}; a name is letters, digits, '_', '-' "
+                                  "and '.' (it names the output folder), starting with a letter "
+                                  "or digit")
     _check_dataset(values, base)
     _check_learner(values)
     out = values.get("out", f"{values['name']}-sim")
@@ -309,19 +309,10 @@ def _stem(path: Path) -> str:
 
 def from_yaml(path: str | os.PathLike) -> SimSpec:
     """Read and validate a ``SIM.yaml``; relative paths are relative to its folder."""
-    from alray.config import _StrictLoader  # refuses a key given twice in one mapping
+    from alray.config import read_yaml
 
     path = Path(path)
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the simulation spec ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}); save the spec as "
-                                     "UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from None
-    return from_dict({} if raw is None else raw, base_dir=path.parent, name=_stem(path))
+    return from_dict(read_yaml(path, "simulation spec"), base_dir=path.parent, name=_stem(path))
 
 
 def load_spec(spec: SimSpec | Mapping[str, Any] | str | os.PathLike) -> SimSpec:

@@ -5,15 +5,15 @@ Every learner takes ``x [n, D]`` float32 (standardized features of the labeled r
 int64 class indices in ``0..C-1``, the class count ``C`` (classes missing from the labeled rows
 still get an output) and a seed, and returns a :class:`Trained` whose :meth:`~Trained.probabilities`
 give ``[N, C]`` and whose :meth:`~Trained.export` writes the model files and returns the job's
-``model`` section. Randomness comes only from ``torch.Generator`` and ``numpy.random.Generator``
-objects made from the seed, never from the global generators, so runs in threads stay
-reproducible.
+``model`` section. Training runs torch on one thread (:func:`one_thread`). Randomness comes only from ``torch.Generator`` and ``numpy.random.Generator``
+objects made from the seed, never from the global generators.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +22,35 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DropoutMlp", "LinearHeads", "MlpModel", "Trained", "fit_logistic", "train_ensemble",
-           "train_logistic", "train_mlp"]
+__all__ = ["DropoutMlp", "LinearHeads", "MlpModel", "Trained", "fit_logistic", "one_thread",
+           "train_ensemble", "train_logistic", "train_mlp"]
 
 #: L-BFGS iterations at most; it stops earlier once the gradient is below the tolerance.
 _LBFGS_MAX_ITER = 1000
 #: The MLP: hidden units, dropout rate, full-batch Adam steps, learning rate, weight decay.
 MLP_HIDDEN, MLP_DROPOUT, MLP_STEPS, MLP_LR, MLP_WEIGHT_DECAY = 64, 0.25, 300, 1e-2, 1e-4
-_SCRIPTING = threading.Lock()  # torch.jit.script and the warnings filter are process-wide
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread, restoring the caller's setting after. These models are small:
+    on two threads torch was 5-16x slower here while the other core was busy, and the scoring
+    actors need the other cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _on_one_thread(train):
+    @functools.wraps(train)
+    def wrapper(*args, **kwargs):
+        with one_thread():
+            return train(*args, **kwargs)
+
+    return wrapper
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -113,12 +134,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray
             bias.detach().numpy().astype(np.float32))
 
 
+@_on_one_thread
 def train_logistic(x: np.ndarray, y: np.ndarray, classes: int, seed: int,
                    members: int = 1) -> LinearHeads:
     """One logistic regression (``seed`` and ``members`` unused: the fit is deterministic)."""
     return LinearHeads([fit_logistic(x, y, classes)])
 
 
+@_on_one_thread
 def train_ensemble(x: np.ndarray, y: np.ndarray, classes: int, seed: int,
                    members: int = 5) -> LinearHeads:
     """``members`` logistic regressions, member m on a bootstrap resample (n rows drawn with
@@ -154,14 +177,14 @@ class MlpModel(Trained):
     module: DropoutMlp
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with one_thread(), torch.inference_mode():
             logits, _ = self.module.eval()(torch.from_numpy(x))
         return _softmax(logits.numpy())
 
     def export(self, folder: Path, stem: str) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{stem}.pt"
-        with _SCRIPTING, warnings.catch_warnings():
+        with warnings.catch_warnings():
             # torch 2.10+ deprecates TorchScript in favour of torch.export; alray loads .pt files
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.script(self.module.eval()).save(str(path))
@@ -176,6 +199,7 @@ def _init_linear(layer: torch.nn.Linear, generator: torch.Generator) -> None:
         layer.bias.uniform_(-bound, bound, generator=generator)
 
 
+@_on_one_thread
 def train_mlp(x: np.ndarray, y: np.ndarray, classes: int, seed: int,
               members: int = 1) -> MlpModel:
     """A :class:`DropoutMlp` trained with full-batch Adam (``MLP_STEPS`` steps, weight decay),
