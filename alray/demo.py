@@ -75,9 +75,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
-def train_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = SEED) -> tuple[np.ndarray,
-                                                                                    np.ndarray]:
-    """Multinomial logistic regression (L-BFGS, L2 1e-2): ``weight [C, D]``, ``bias [C]``."""
+def train_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = SEED,
+               l2: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression by L-BFGS, loss ``mean cross-entropy + l2 * |W|^2``:
+    ``weight [C, D]``, ``bias [C]``."""
     gen = torch.Generator().manual_seed(seed)
     layer = torch.nn.Linear(x.shape[1], classes)
     with torch.no_grad():
@@ -88,7 +89,7 @@ def train_head(x: np.ndarray, y: np.ndarray, classes: int, seed: int = SEED) -> 
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(layer(xt), yt) + 1e-2 * layer.weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(layer(xt), yt) + l2 * layer.weight.pow(2).sum()
         loss.backward()
         return loss
 
