@@ -17,6 +17,11 @@ Parts (all by default; ``--parts`` picks some):
 alray selects in this process with the engine's own code minus Ray (see
 ``benchmarks/selection_loop.py``); only ``--engine-check`` starts Ray, to run ``alray.simulate``.
 
+The peers install from the package index beside alray (baal without its dependencies, so that
+pip keeps the installed torch; the heuristics need only numpy and scipy, already there):
+
+    .venv/bin/pip install modAL-python && .venv/bin/pip install --no-deps baal structlog
+
     .venv/bin/python benchmarks/bench_selection.py                  # everything, ~20 minutes
     .venv/bin/python benchmarks/bench_selection.py --parts iris,rare
 """
