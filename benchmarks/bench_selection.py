@@ -17,10 +17,13 @@ Parts (all by default; ``--parts`` picks some):
 alray selects in this process with the engine's own code minus Ray (see
 ``benchmarks/selection_loop.py``); only ``--engine-check`` starts Ray, to run ``alray.simulate``.
 
-The peers install from the package index beside alray (baal without its dependencies, so that
-pip keeps the installed torch; the heuristics need only numpy and scipy, already there):
+The peers install from the package index beside alray. baal and torchmetrics go in without their
+dependencies, so that pip keeps the installed torch; importing ``baal.active.heuristics`` runs
+baal's ``__init__``, which imports torchmetrics (and lightning-utilities), structlog and tqdm
+(modAL-python brings tqdm and pandas):
 
-    .venv/bin/pip install modAL-python && .venv/bin/pip install --no-deps baal structlog
+    .venv/bin/pip install modAL-python "lightning-utilities>=0.15.3" "structlog>=22,<23"
+    .venv/bin/pip install --no-deps baal torchmetrics
 
     .venv/bin/python benchmarks/bench_selection.py                  # everything, ~20 minutes
     .venv/bin/python benchmarks/bench_selection.py --parts iris,rare
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_selection_parts import (COPIES, DIVERSITY, agreement, budgets,  # noqa: E402
                                               digits_data, labels_to, rare_run, run_strategies,
                                               speed_runs, strategies)
-from benchmarks.selection_loop import Logistic, fit_logistic  # noqa: E402
+from benchmarks.selection_loop import Logistic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("digits", "copies", "iris", "rare", "speed")
@@ -79,10 +82,6 @@ def header(out: Out, args) -> None:
         "alray", "torch", "scikit-learn", "numpy", "pyarrow", "modAL-python", "baal")))
     data = digits_data(0)
     x, y = data.pool_x[:200], data.pool_y[:200]
-    from alray.demo import train_head
-    ours, theirs = fit_logistic(x, y, 10, 0, 1e-2), train_head(x, y, 10, 0)
-    out(f"learner check: fit_logistic(l2=1e-2) against alray.demo.train_head, max |dW| = "
-        f"{np.abs(ours[0] - theirs[0]).max():.1e}")
     from sklearn.linear_model import LogisticRegression
     mine = Logistic(10, "c1").fit(x, y, 0).predict(data.test_x)
     peer = LogisticRegression(C=1.0, max_iter=5000).fit(x, y).predict(data.test_x)
