@@ -131,6 +131,9 @@ def test_a_method_that_reads_vectors_scores_again_after_the_ledger_changes(tmp_p
                   labels=["x"] * first.selection.num_rows)
     second = _run(tmp_path, {"k": 10, "method": "kmeans", "exclude": [ledger]})
     assert second.counts["shards_reused"] == 0
+    parts = [part for f in (tmp_path / "out" / "_shards").glob("*.candidates.parquet")
+             for part in pq.read_table(f).column("part").to_pylist()]
+    assert set(parts) == {"top"}  # labeled rows are kept for kcenter only
     assert not set(second.selection.column("id").to_pylist()) & set(
         first.selection.column("id").to_pylist())
 

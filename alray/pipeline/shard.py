@@ -161,9 +161,10 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
     rejects = RowRejects(shard, fail_fast)
     rows = _ShardRows()
     vectors = CandidateVectors(spec.selection.per_shard, keep_all)
-    labeled = _LabeledRows(exclusion, "embedding" in scorer.vectors)
+    plan = CandidatePlan.of(spec)
+    labeled = _LabeledRows(exclusion, plan.labeled)
     excluding = exclusion is not None and len(exclusion) > 0
-    kept_vectors = CandidatePlan.of(spec).vectors
+    kept_vectors = plan.vectors
     columns = ShardColumns.of(spec, scorer.predictor.input_width)
     rows_in, id_type = 0, pa.int64()
     try:

@@ -221,8 +221,8 @@ def _stopped(state: JobState, started: str, clock: float, earlier_runs: list[dic
 
 def _send_to_ledger(result: Result, spec: JobSpec, ledger: str, reporter: Progress) -> None:
     """Append the selection to ``ledger`` as ``sent``, in the ledger's next round."""
-    round_ = next_round(ledger, spec.fsspec_storage)
     with access_refusals("--ledger", ledger):
+        round_ = next_round(ledger, spec.fsspec_storage)
         path = append_ledger(ledger, result.selection.column("id"), "sent", round=round_,
                              source=f"alray run {spec.name}", storage=spec.fsspec_storage)
     result.paths["ledger"] = path

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from alray.reduce.parts import ReducedCandidates
 from alray.selection.registry import METHODS
@@ -136,8 +137,6 @@ def _explore_picks(reduced: ReducedCandidates, chosen: pa.Array, n: int) -> pa.T
     if not n or reduced.explore is None:
         return None
     table = reduced.explore
-    import pyarrow.compute as pc
-
     fresh = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=chosen)))
     return fresh.slice(0, n)
 
