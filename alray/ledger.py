@@ -57,34 +57,42 @@ def _id_array(ids) -> pa.Array:
     raise ValueError(f"ledger ids are integers or strings; got {array.type}")
 
 
-def append_ledger(uri: str, ids, status: str, *, labels: Sequence[str | None] | None = None,
-                  round: int = 0, source: str = "alray", storage: Storage | None = None,
+def append_ledger(uri: str, ids, status: str | Sequence[str], *,
+                  labels: Sequence[str | None] | None = None, round: int | Sequence[int] = 0,
+                  source: str = "alray", storage: Storage | None = None,
                   time: dt.datetime | None = None) -> str | None:
-    """Append one record per id to the ledger at ``uri``; returns the file written (None when
-    ``ids`` is empty: nothing is written).
+    """Append one record per id to the ledger at ``uri``, as one file written atomically (all
+    the records or none); returns the file written (None when ``ids`` is empty: nothing is
+    written).
 
     Args:
         ids: int or string ids (a list, numpy array or Arrow array).
-        status: ``sent``, ``labeled`` or ``skipped``.
+        status: ``sent``, ``labeled`` or ``skipped``: one for all ids, or one per id.
         labels: one label per id (``labeled`` records), else None.
+        round: one round for all ids, or one per id.
         time: when (default: now); a naive datetime is taken as UTC.
     """
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
     ids = _id_array(ids)
-    if len(ids) == 0:
+    n = len(ids)
+    statuses = [status] * n if isinstance(status, str) else list(status)
+    rounds = np.full(n, round, np.int64) if isinstance(round, (int, np.integer)) else \
+        np.asarray(round, np.int64)
+    for what, values in (("statuses", statuses), ("labels", labels), ("rounds", rounds)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{len(values)} {what} for {n} ids")
+    unknown = sorted(set(statuses) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {unknown[0]!r}")
+    if n == 0:
         return None
-    if labels is not None and len(labels) != len(ids):
-        raise ValueError(f"{len(labels)} labels for {len(ids)} ids")
     when = time or dt.datetime.now(dt.timezone.utc)
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
-    n = len(ids)
     table = pa.table({
-        "id": ids, "status": pa.array([status] * n, pa.string()),
+        "id": ids, "status": pa.array(statuses, pa.string()),
         "label": pa.array([None if v is None else str(v) for v in labels] if labels is not None
                           else [None] * n, pa.string()),
-        "round": pa.array(np.full(n, round, np.int64)),
+        "round": pa.array(rounds),
         "time": pa.array([when] * n, _TIME), "source": pa.array([source] * n, pa.string()),
     }, schema=_schema(ids.type))
     stamp = when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -105,14 +113,16 @@ def _ledger_files(uri: str, storage: Storage | None) -> tuple[object, list[str]]
     return fs, sorted(names)
 
 
-def read_ledger(uri: str, storage: Storage | None = None, key: str = "selection.exclude"
-                ) -> pa.Table:
-    """Every record of the ledger at ``uri``, in file order (an absent ledger has none).
+def read_ledger(uri: str, storage: Storage | None = None, key: str = "selection.exclude",
+                labels: bool = False) -> pa.Table:
+    """Every record of the ledger at ``uri``, in file order (an absent ledger has none): id,
+    status, time, round, and with ``labels`` the label.
 
     Raises:
         ConfigError: (naming ``key``) a file is not a ledger file, or ids differ in type.
     """
     fs, files = _ledger_files(uri, storage)
+    columns = ["id", "status", "time", "round", *(["label"] if labels else [])]
     tables = []
     for path in files:
         try:
@@ -126,16 +136,16 @@ def read_ledger(uri: str, storage: Storage | None = None, key: str = "selection.
             raise ConfigError(key, f"{path}: no column {missing[0]!r}; a ledger file has "
                                    "id, status, label, round, time, source")
         try:
-            table = table.select(["id", "status", "time", "round"]).set_column(
+            table = table.select(columns).set_column(
                 0, "id", _id_array(table.column("id")))
         except ValueError as exc:
             raise ConfigError(key, f"{path}: {exc}") from None
-        except KeyError:
-            raise ConfigError(key, f"{path}: no column 'round'; a ledger file has id, status, "
-                                   "label, round, time, source") from None
+        except KeyError as exc:
+            raise ConfigError(key, f"{path}: a column is missing ({exc}); a ledger file has id, "
+                                   "status, label, round, time, source") from None
         tables.append(table.set_column(2, "time", table.column("time").cast(_TIME)))
     if not tables:
-        return _schema(pa.int64()).empty_table().select(["id", "status", "time", "round"])
+        return _schema(pa.int64()).empty_table().select(columns)
     if len({t.schema.field("id").type for t in tables}) > 1:
         raise ConfigError(key, f"{uri}: ids are integers in some files and strings in others")
     return pa.concat_tables(tables)

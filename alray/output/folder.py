@@ -10,6 +10,9 @@
       job.json                           the spec as run, counts, runs, status
       errors.jsonl                       quarantined shards and rows
       _lock.json                         held while a run uses the folder
+      report.html                        `alray report OUT`: one self-contained page
+      report/<plot>.png                  the page's plots, as files
+      exports/                           `alray export`: tasks, manifests, records
 
 Every module that reads or writes the folder asks an :class:`OutputFolder` for the path and goes
 through it for storage options, so the layout is spelled out here only.
@@ -47,8 +50,12 @@ class OutputFolder:
     JOB = "job.json"
     ERRORS = "errors.jsonl"
     LOCK = "_lock.json"
-    #: What one run writes at the top of the folder; a new run clears them before it starts.
-    SUMMARIES = (SELECTION, JOB, ERRORS)
+    REPORT = "report.html"
+    REPORT_PLOTS = "report"
+    EXPORTS = "exports"
+    #: What one run writes at the top of the folder, and what was made from it; a new run clears
+    #: them before it starts, so no report or export outlives its selection.
+    SUMMARIES = (SELECTION, JOB, ERRORS, REPORT, REPORT_PLOTS, EXPORTS)
 
     @classmethod
     def of(cls, spec: "JobSpec") -> "OutputFolder":

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 from alray.errors import ConfigError
 
-__all__ = ["open_parquet", "atomic_write", "retry_transient", "is_transient", "is_local",
-           "local_path", "join_uri", "url_to_fs", "open_file", "read_object", "access_refusals",
+__all__ = ["open_parquet", "atomic_write", "atomic_stream", "retry_transient", "is_transient",
+           "is_local", "local_path", "join_uri", "url_to_fs", "open_file", "read_object",
+           "access_refusals",
            "iter_objects", "is_glob", "glob_root", "Storage"]
 
 #: fsspec options by protocol (``{"s3": {"endpoint_url": ...}}``), built from the spec's
@@ -204,7 +205,7 @@ def atomic_write(uri: str, data: bytes, storage: Storage | None = None) -> None:
     if is_local(uri):
         path = local_path(uri)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        tmp = _temporary_beside(path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -213,6 +214,44 @@ def atomic_write(uri: str, data: bytes, storage: Storage | None = None) -> None:
         return
     fs, path = url_to_fs(uri, storage)
     fs.pipe_file(path, data)
+
+
+def _temporary_beside(path: str) -> str:
+    """A temporary name in ``path``'s folder (so a rename publishes it), hidden from listings."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+
+
+@contextlib.contextmanager
+def atomic_stream(uri: str, storage: Storage | None = None) -> Iterator[Any]:
+    """A binary file to write ``uri`` in pieces, published whole when the block ends, and never
+    when it raises (the temporary file is removed; an object store's upload is discarded).
+
+    For outputs too large to hold as one ``bytes`` (pseudo-labels over a whole pool).
+    """
+    if is_local(uri):
+        path = local_path(uri)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = _temporary_beside(path)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    fs, path = url_to_fs(uri, storage)
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        if hasattr(f, "discard"):  # fsspec's buffered files: abort the upload
+            f.discard()
+        raise
+    f.close()
 
 
 def parquet_bytes(table) -> bytes:
