@@ -21,6 +21,8 @@ __all__ = [
     "ShardError",
     "SimulationResult",
     "__version__",
+    "export",
+    "import_labels",
     "run",
     "simulate",
 ]
@@ -37,4 +39,8 @@ def __getattr__(name: str):
         from alray.simulation import loop
 
         return getattr(loop, name)
+    if name in ("export", "import_labels"):
+        import alray.annotation
+
+        return getattr(alray.annotation, name)
     raise AttributeError(f"module 'alray' has no attribute {name!r}")

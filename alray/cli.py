@@ -73,7 +73,62 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--quiet", action="store_true",
                           help="no progress on stderr (the table still prints)")
     simulate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_export(commands)
+    _add_import_labels(commands)
+    report = commands.add_parser("report", help="one self-contained HTML page with plots of a "
+                                                "job (or a simulation): OUT/report.html")
+    report.add_argument("out", metavar="OUT|SPEC",
+                        help="the job's output folder (or a simulation's), or its spec")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="send a job's selection to annotators: Label "
+                                                "Studio, SageMaker Ground Truth, CSV or JSON lines")
+    export.add_argument("out", metavar="OUT|SPEC",
+                        help="the job's output folder, or its spec (its output.uri and storage)")
+    export.add_argument("--format", required=True,
+                        choices=["label-studio", "sagemaker", "csv", "jsonl"])
+    export.add_argument("--to", metavar="URI",
+                        help="a file (any fsspec URL; default OUT/exports/...), or a Label Studio "
+                             "project http(s)://HOST/projects/ID to push the tasks to (token from "
+                             "$LABEL_STUDIO_API_KEY)")
+    export.add_argument("--ledger", metavar="URI",
+                        help="record the exported ids in this ledger as sent")
+    export.add_argument("--round", type=int, help="the ledger round (default: its next)")
+    export.add_argument("--data-field", dest="data_fields", action="append", default=[],
+                        metavar="NAME=COLUMN",
+                        help="label-studio: put carried COLUMN in the tasks' data as NAME "
+                             "(e.g. image=image_uri)")
+    export.add_argument("--uri-column", metavar="COLUMN",
+                        help="sagemaker: the column with each row's object URI or text")
+    export.add_argument("--create-project", metavar="TITLE",
+                        help="label-studio: make a project (config from model.classes) on the "
+                             "server --to names, and push the tasks there")
+    export.add_argument("--presign", type=int, metavar="SECONDS",
+                        help="turn s3:// URIs into presigned HTTPS URLs valid SECONDS")
+    export.add_argument("--pseudo-labels", action="store_true",
+                        help="instead: the pool's rows the model is surest of, with their "
+                             "predicted class (csv or jsonl), for semi-supervised training")
+    export.add_argument("--min-confidence", type=float, default=0.99,
+                        help="--pseudo-labels: the least top probability (default 0.99)")
+    export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+
+def _add_import_labels(commands) -> None:
+    labels = commands.add_parser("import-labels", help="record annotators' labels in a ledger")
+    labels.add_argument("source", metavar="FILE|URL",
+                        help="a Label Studio JSON export, a Ground Truth output manifest or a "
+                             "CSV (any fsspec URL), or a Label Studio project URL to pull from")
+    labels.add_argument("--format", required=True, choices=["label-studio", "sagemaker", "csv"])
+    labels.add_argument("--ledger", required=True, metavar="URI",
+                        help="the ledger the batch was exported with")
+    labels.add_argument("--classes", metavar="A,B,...",
+                        help="the class names a label may take (checked)")
+    labels.add_argument("--job", metavar="OUT|SPEC",
+                        help="check labels against this job's model.classes")
+    labels.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
 def _spec(args: argparse.Namespace):
@@ -119,16 +174,75 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status(args: argparse.Namespace) -> int:
+def _output(out: str) -> tuple[str, dict | None]:
+    """``(output URI, fsspec options)`` of ``OUT|SPEC``: a job's output folder, or its spec."""
     from alray.config import JobSpec
+
+    if out.endswith((".yaml", ".yml")) and os.path.isfile(out):
+        spec = JobSpec.from_yaml(out)
+        return spec.output.uri, spec.fsspec_storage
+    return out, None
+
+
+def _local(uri: str | None) -> str | None:
+    return uri if uri is None or "://" in uri else os.path.abspath(uri)
+
+
+def _status(args: argparse.Namespace) -> int:
     from alray.status import format_status, job_status
 
-    if args.out.endswith((".yaml", ".yml")) and os.path.isfile(args.out):
-        spec = JobSpec.from_yaml(args.out)
-        output_uri, storage = spec.output.uri, spec.fsspec_storage
-    else:
-        output_uri, storage = args.out, None
+    output_uri, storage = _output(args.out)
     print(format_status(job_status(output_uri, storage), output_uri))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from alray.annotation import export
+    from alray.errors import ConfigError
+
+    renames = {}
+    for text in args.data_fields:
+        name, sep, column = text.partition("=")
+        if not (sep and name and column):
+            raise ConfigError("--data-field", f"got {text!r}; give NAME=COLUMN")
+        renames[name] = column
+    out, storage = _output(args.out)
+    to = args.to if args.to is None or args.to.startswith(("http://", "https://")) \
+        else _local(args.to)
+    result = export(out, args.format, to=to, ledger=_local(args.ledger), round=args.round,
+                    data_fields=renames, uri_column=args.uri_column, presign=args.presign,
+                    create_project=args.create_project, pseudo_labels=args.pseudo_labels,
+                    min_confidence=args.min_confidence, storage=storage)
+    what = "pseudo-labels" if args.pseudo_labels else f"{args.format} tasks" \
+        if args.format == "label-studio" else f"{args.format} records"
+    print(f"alray: exported {result.rows:,} {what} -> {result.path}")
+    if result.project:
+        print(f"alray: pushed to {result.project}")
+    if result.ledger:
+        print(f"alray: recorded as sent (round {result.round}) in {args.ledger}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from alray.report import report
+
+    result = report(*_output(args.out))
+    print(f"alray: report -> {result.html} ({len(result.plots)} plots)")
+    return EXIT_OK
+
+
+def _import_labels(args: argparse.Namespace) -> int:
+    from alray.annotation import import_labels
+    from alray.annotation.labels import job_classes
+
+    classes = args.classes.split(",") if args.classes else None
+    if classes is None and args.job:
+        classes = job_classes(*_output(args.job))
+    source = args.source if "://" in args.source else os.path.abspath(args.source)
+    result = import_labels(source, args.format, _local(args.ledger), classes=classes)
+    print(f"alray: {result.answers:,} answers: {result.labeled:,} labeled, {result.skipped:,} "
+          f"skipped, {result.unchanged:,} already recorded, {result.unanswered:,} tasks "
+          f"unanswered (still sent) -> {result.ledger or 'nothing new to record'}")
     return EXIT_OK
 
 
@@ -158,7 +272,8 @@ def _exit_status(exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "plan": _plan, "demo": _demo, "status": _status,
-                "simulate": _simulate}
+                "simulate": _simulate, "export": _export, "import-labels": _import_labels,
+                "report": _report}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:
