@@ -127,7 +127,8 @@ def _add_import_labels(commands) -> None:
     labels.add_argument("--classes", metavar="A,B,...",
                         help="the class names a label may take (checked)")
     labels.add_argument("--job", metavar="OUT|SPEC",
-                        help="check labels against this job's model.classes")
+                        help="check labels against this job's model.classes (a spec also gives "
+                             "its storage options, for a ledger on s3://)")
     labels.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
@@ -236,10 +237,13 @@ def _import_labels(args: argparse.Namespace) -> int:
     from alray.annotation.labels import job_classes
 
     classes = args.classes.split(",") if args.classes else None
-    if classes is None and args.job:
-        classes = job_classes(*_output(args.job))
+    storage = None
+    if args.job:
+        out, storage = _output(args.job)
+        classes = classes or job_classes(out, storage)
     source = args.source if "://" in args.source else os.path.abspath(args.source)
-    result = import_labels(source, args.format, _local(args.ledger), classes=classes)
+    result = import_labels(source, args.format, _local(args.ledger), classes=classes,
+                           storage=storage)
     print(f"alray: {result.answers:,} answers: {result.labeled:,} labeled, {result.skipped:,} "
           f"skipped, {result.unchanged:,} already recorded, {result.unanswered:,} tasks "
           f"unanswered (still sent) -> {result.ledger or 'nothing new to record'}")

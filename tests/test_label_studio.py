@@ -144,7 +144,7 @@ def test_a_round_through_label_studio(label_studio, job, tmp_path):
     assert state[ids[10]] == ("skipped", None)
     assert state[ids[11]] == ("labeled", "two")
     assert all(state[i] == ("sent", None) for i in ids[12:])             # nobody answered yet
-    assert (result.labeled, result.skipped) == (11, 1)
+    assert (result.labeled, result.skipped, result.unanswered) == (11, 1, len(ids) - 12)
 
     again = alray.run(alray.JobSpec.from_yaml(
         folder / "job.yaml", overrides={"selection.exclude": [ledger]},

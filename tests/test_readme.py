@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 VENV = ROOT / ".venv"
+LABEL_STUDIO_VENV = ROOT / ".venv-label-studio"
 
 
 def bash_blocks(text: str) -> list[tuple[str, str]]:
@@ -59,13 +60,15 @@ def test_readme_commands_run_as_written(tmp_path):
     assert blocks, "the README has no job-guide commands"
     checkout = tmp_path / "alray"
     shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "jobs/example", "alray-demo", "benchmarks", "__pycache__", ".*cache*"))
+        ".venv*", ".git", "jobs/example", "alray-demo", "benchmarks", "__pycache__", ".*cache*"))
     shutil.rmtree(checkout / "jobs" / "example", ignore_errors=True)
     (checkout / ".venv").symlink_to(VENV)
+    if LABEL_STUDIO_VENV.exists():  # the full round's Label Studio (.ci/run installs it)
+        (checkout / LABEL_STUDIO_VENV.name).symlink_to(LABEL_STUDIO_VENV)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "VIRTUAL_ENV"))}
     for section, block in blocks:
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=checkout, env=env,
-                              capture_output=True, text=True, timeout=420)
+                              capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (f"README section {section!r}:\n{block}\nexit "
                                       f"{done.returncode}\n{done.stdout[-2000:]}\n"
                                       f"{done.stderr[-3000:]}")

@@ -216,6 +216,6 @@ class LabelStudio:
         return int(answer.get("task_count", len(tasks)))
 
     def export(self, project: int) -> list[dict]:
-        """Every annotated task of ``project`` in Label Studio's JSON export format."""
-        query = urllib.parse.urlencode({"exportType": "JSON", "download_all_tasks": "false"})
+        """Every task of ``project`` (answered or not) in Label Studio's JSON export format."""
+        query = urllib.parse.urlencode({"exportType": "JSON", "download_all_tasks": "true"})
         return self.call("GET", f"/api/projects/{project}/export?{query}")
