@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "export",
     "import_labels",
+    "report",
     "run",
     "simulate",
 ]
@@ -43,4 +44,8 @@ def __getattr__(name: str):
         import alray.annotation
 
         return getattr(alray.annotation, name)
+    if name == "report":
+        from alray.report import report
+
+        return report
     raise AttributeError(f"module 'alray' has no attribute {name!r}")
