@@ -23,7 +23,6 @@ __all__ = [
     "__version__",
     "export",
     "import_labels",
-    "report",
     "run",
     "simulate",
 ]
@@ -44,8 +43,4 @@ def __getattr__(name: str):
         import alray.annotation
 
         return getattr(alray.annotation, name)
-    if name == "report":
-        from alray.report import report
-
-        return report
     raise AttributeError(f"module 'alray' has no attribute {name!r}")
