@@ -80,7 +80,27 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("out", metavar="OUT|SPEC",
                         help="the job's output folder (or a simulation's), or its spec")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_submit(commands)
     return parser
+
+
+def _add_submit(commands) -> None:
+    submit = commands.add_parser("submit", help="run a job on a Ray cluster through its Jobs "
+                                                "API (the spec and its local files travel)")
+    _add_spec_options(submit)
+    submit.add_argument("--address", required=True, metavar="http://HEAD:8265",
+                        help="the head's dashboard address")
+    submit.add_argument("--wait", action="store_true",
+                        help="stream the job's logs and exit with its status")
+    submit.add_argument("--pip", action="store_true",
+                        help="ship this alray and pip-install its dependencies on the cluster "
+                             "(for a cluster without alray)")
+    submit.add_argument("--shared-paths", action="store_true",
+                        help="local paths in the spec are on storage every node mounts at the "
+                             "same path: use them as given")
+    submit.add_argument("--timeout", type=float, default=60.0,
+                        help="with --wait: seconds the head may go without answering before "
+                             "the wait ends (the job goes on; default 60)")
 
 
 def _add_export(commands) -> None:
@@ -232,6 +252,24 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from alray.config import parse_set_option
+    from alray.submit import submit
+
+    overrides = dict(parse_set_option(text) for text in args.overrides)
+    result = submit(args.spec, args.address, overrides=overrides, out=args.out,
+                    fresh=args.fresh, wait=args.wait, pip=args.pip,
+                    shared_paths=args.shared_paths, timeout=args.timeout, echo=sys.stdout)
+    if not args.wait:
+        return EXIT_OK
+    if result.succeeded:
+        print(f"alray: {result.submission_id} SUCCEEDED")
+        return EXIT_OK
+    print(f"alray: error: {result.submission_id} {result.status}: {result.error}",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _import_labels(args: argparse.Namespace) -> int:
     from alray.annotation import import_labels
     from alray.annotation.labels import job_classes
@@ -277,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "plan": _plan, "demo": _demo, "status": _status,
                 "simulate": _simulate, "export": _export, "import-labels": _import_labels,
-                "report": _report}
+                "report": _report, "submit": _submit}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:

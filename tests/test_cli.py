@@ -26,7 +26,8 @@ def run_cli(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess:
 def test_public_api_is_explicit():
     assert sorted(alray.__all__) == sorted(
         ["AlrayError", "ConfigError", "JobFailed", "JobSpec", "ModelError", "Result",
-         "ShardError", "SimulationResult", "__version__", "run", "simulate"])
+         "ShardError", "SimulationResult", "__version__", "export", "import_labels", "run",
+         "simulate"])
     for name in alray.__all__:
         assert hasattr(alray, name)
     assert issubclass(alray.ConfigError, ValueError) and issubclass(alray.JobFailed, RuntimeError)
@@ -91,3 +92,19 @@ def test_demo_prints_its_summary(tmp_path):
     again = run_cli("demo", "--out", tmp_path / "demo")  # overwritten, same selection
     assert again.returncode == 0
     assert pq.read_table(tmp_path / "demo" / "output" / "selection.parquet").equals(selection)
+
+
+def test_report_submit_export_errors_are_one_line_with_exit_2(tmp_path):
+    """The newer commands report bad input as every command does: one line, exit 2, and
+    nothing started (submit to a port nobody listens on does not hang)."""
+    write_pool(tmp_path / "pool", [20], dim=8)
+    write_head(tmp_path / "head.safetensors", classes=3, dim=8)
+    spec = write_spec(tmp_path)
+    cases = [(("report", tmp_path / "nothing"), "alray: error: OUT: no job.json under"),
+             (("export", tmp_path / "nothing", "--format", "csv"),
+              "alray: error: OUT: no job.json under"),
+             (("submit", spec, "--address", "http://127.0.0.1:9"), "alray: error: --address")]
+    for args, start in cases:
+        done = run_cli(*args, timeout=120)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith(start) and done.stderr.count("\n") == 1, done.stderr
