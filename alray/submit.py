@@ -32,12 +32,10 @@ question) is :mod:`alray.runtime.jobs`.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import ipaddress
 import os
 import shutil
 import site
-import sys
 import sysconfig
 import tempfile
 from collections.abc import Mapping
@@ -50,6 +48,7 @@ import yaml
 
 from alray.config import JobSpec, apply_overrides, read_yaml
 from alray.errors import ConfigError
+from alray.models.files import find_module
 
 __all__ = ["ENTRYPOINT", "MAX_SHIPPED_BYTES", "Submission", "submit"]
 
@@ -320,17 +319,7 @@ def _local_code(top: str) -> list[Path]:
     """The file or folder(s) of the top-level module ``top`` as ``alray run`` imports it (the
     current folder first on the path), unless installed or not found here: those are left to
     the cluster's Python."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        found = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        found = None
-    finally:
-        if added:
-            sys.path.remove(cwd)
+    found = find_module(top)
     if found is None:
         return []
     if found.submodule_search_locations:

@@ -7,8 +7,12 @@ configuration error found in seconds rather than a failure inside every actor.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
+import os
 import struct
+import sys
 import zipfile
 
 import numpy as np
@@ -17,9 +21,25 @@ from alray.config import ModelSpec
 from alray.errors import ConfigError, ModelError
 from alray.sources.files import Storage, access_refusals, open_file, url_to_fs
 
-__all__ = ["check_model_source", "linear_head_shape", "model_input_width"]
+__all__ = ["check_model_source", "find_module", "linear_head_shape", "model_input_width"]
 
 _SAFETENSORS_MAX_HEADER = 100 * 2**20  # the format's own limit
+
+
+def find_module(name: str) -> importlib.machinery.ModuleSpec | None:
+    """Where module ``name`` is, found as the actors import a ``python`` model or a custom score
+    (the current folder first on the path), without importing it; None when nowhere."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def _key(spec: ModelSpec) -> str:

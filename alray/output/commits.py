@@ -16,10 +16,8 @@ scores, while changing ``k`` or ``actors`` rescores nothing.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ import pyarrow.parquet as pq
 
 from alray.config import JobSpec
 from alray.errors import ConfigError
+from alray.models.files import find_module
 from alray.output.folder import OutputFolder
 from alray.scoring.registry import SCORES, is_custom
 from alray.sources.files import open_file, parquet_bytes
@@ -62,17 +61,7 @@ def scoring_keys(spec: JobSpec) -> tuple[str, ...]:
 
 def _python_source(source: str, key: str = "model.path") -> str:
     """The file of a ``package.module:name`` module (found without importing it)."""
-    module = source.partition(":")[0]
-    added = os.getcwd() not in sys.path  # the actors import it with the driver's cwd on the path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
+    found = find_module(source.partition(":")[0])
     if found is None or not found.origin or not os.path.isfile(found.origin):
         raise ConfigError(key, f"cannot find the module of {source!r} on this machine; it must "
                                "be importable where `alray run` runs and on every Ray worker")
