@@ -228,14 +228,13 @@ def _export(args: argparse.Namespace) -> int:
             raise ConfigError("--data-field", f"got {text!r}; give NAME=COLUMN")
         renames[name] = column
     out, storage = _output(args.out)
-    to = args.to if args.to is None or args.to.startswith(("http://", "https://")) \
-        else _local(args.to)
-    result = export(out, args.format, to=to, ledger=_local(args.ledger), round=args.round,
-                    data_fields=renames, uri_column=args.uri_column, presign=args.presign,
+    result = export(out, args.format, to=_local(args.to), ledger=_local(args.ledger),
+                    round=args.round, data_fields=renames, uri_column=args.uri_column,
+                    presign=args.presign,
                     create_project=args.create_project, pseudo_labels=args.pseudo_labels,
                     min_confidence=args.min_confidence, storage=storage)
-    what = "pseudo-labels" if args.pseudo_labels else f"{args.format} tasks" \
-        if args.format == "label-studio" else f"{args.format} records"
+    noun = "tasks" if args.format == "label-studio" else "records"
+    what = "pseudo-labels" if args.pseudo_labels else f"{args.format} {noun}"
     print(f"alray: exported {result.rows:,} {what} -> {result.path}")
     if result.project:
         print(f"alray: pushed to {result.project}")
@@ -279,8 +278,7 @@ def _import_labels(args: argparse.Namespace) -> int:
     if args.job:
         out, storage = _output(args.job)
         classes = classes or job_classes(out, storage)
-    source = args.source if "://" in args.source else os.path.abspath(args.source)
-    result = import_labels(source, args.format, _local(args.ledger), classes=classes,
+    result = import_labels(_local(args.source), args.format, _local(args.ledger), classes=classes,
                            storage=storage)
     print(f"alray: {result.answers:,} answers: {result.labeled:,} labeled, {result.skipped:,} "
           f"skipped, {result.unchanged:,} already recorded, {result.unanswered:,} tasks "

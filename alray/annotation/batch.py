@@ -54,17 +54,11 @@ class Batch:
         """Read the job at ``out`` (its output folder, any fsspec URL).
 
         Raises:
-            ConfigError: (naming ``OUT``) no finished job there.
+            ConfigError: (naming ``OUT``) no finished job there (OutputFolder.finished_job).
         """
         folder = OutputFolder(out, storage or {})
         with access_refusals("OUT", out):
-            job = folder.read_json(folder.JOB)
-            if not isinstance(job, dict):
-                raise ConfigError("OUT", f"no job.json under {out!r}; give a job's output folder "
-                                         "(or its spec), after `alray run`")
-            if job.get("status") != "succeeded":
-                raise ConfigError("OUT", f"the job under {out!r} is {job.get('status')}, not "
-                                         "succeeded; finish it with `alray run` (it resumes)")
+            job = folder.finished_job()
             with folder.open(folder.path(folder.SELECTION)) as f:
                 rows = pq.read_table(io.BytesIO(f.read()))
         spec = job["spec"]
@@ -135,10 +129,10 @@ class Batch:
                                                  "pseudo-labels are predicted classes")
         selected = self.rows.column("id")
         columns = ["id", "predicted", "confidence", *self.carry]
+        fs, _ = self.folder.fs()
         for path in sorted(self.folder.listing(self.folder.SCORES)):
             if not path.endswith(".parquet") or path.rsplit("/", 1)[-1].startswith("."):
                 continue
-            fs, _ = self.folder.fs()
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f, columns=columns)
             keep = pc.and_(pc.greater_equal(table.column("confidence"), min_confidence),

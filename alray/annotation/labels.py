@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from alray.annotation import answers as read
 from alray.annotation.label_studio import LabelStudio, project_url
@@ -46,9 +47,7 @@ class ImportResult:
 def job_classes(out: str, storage: Storage | None = None) -> tuple[str, ...] | None:
     """``model.classes`` of the job at ``out`` (None when it names none)."""
     with access_refusals("--job", out):
-        job = OutputFolder(out, storage or {}).read_json(OutputFolder.JOB)
-    if not isinstance(job, dict):
-        raise ConfigError("--job", f"no job.json under {out!r}; give the job's output folder")
+        job = OutputFolder(out, storage or {}).finished_job("--job")
     classes = job["spec"]["model"].get("classes")
     return tuple(classes) if classes else None
 
@@ -124,9 +123,11 @@ def import_labels(source: str, format: str, ledger: str, *,
         raise ConfigError("--ledger", f"{ledger!r} records nothing; import into the ledger the "
                                       "batch was exported with (alray export --ledger)")
     id_type = records.schema.field("id").type
-    state = {row["id"]: row for row in records.to_pylist()}
     answers = [read.Answer(_typed_id(a.id, id_type, a.where), a.label, a.time, a.where)
                for a in answers]
+    answered = pa.array({a.id for a in answers}, id_type)
+    state = {row["id"]: row for row in   # only the answered ids: a ledger may hold millions
+             records.filter(pc.is_in(records.column("id"), value_set=answered)).to_pylist()}
     for answer in answers:
         if answer.id not in state:
             raise ConfigError(answer.where, f"id {answer.id!r} was never sent: {ledger} has no "

@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from alray.errors import ConfigError
 from alray.sources.files import Storage, atomic_write, join_uri, open_file, url_to_fs
 
 if TYPE_CHECKING:
@@ -109,6 +110,23 @@ class OutputFolder:
         except (FileNotFoundError, ValueError):
             return None
 
+    def finished_job(self, where: str = "OUT") -> dict[str, Any]:
+        """``job.json`` of a job that finished with a selection (what export, import-labels and
+        the report read).
+
+        Raises:
+            ConfigError: (naming ``where``) no job here, or it is running or failed, each
+                with what to do.
+        """
+        job = self.read_json(self.JOB)
+        if not isinstance(job, dict) or not isinstance(job.get("spec"), dict):
+            raise ConfigError(where, f"no job.json under {self.uri!r}; give the output folder of "
+                                     "a job that has run (output.uri), or run the job first")
+        fs, root = self.fs()
+        if not fs.exists(f"{root}/{self.SELECTION}"):
+            raise ConfigError(where, _no_selection(job))
+        return job
+
     def remove(self, *names: str) -> None:
         """Remove files or folders (by name under the folder) that exist."""
         fs, root = self.fs()
@@ -123,3 +141,16 @@ class OutputFolder:
         path = f"{root}/{folder}"
         fs.invalidate_cache(path)
         return fs.ls(path, detail=False) if fs.isdir(path) else []
+
+
+def _no_selection(job: dict[str, Any]) -> str:
+    status, name, error = job.get("status"), job.get("name"), job.get("error")
+    if status == "running":
+        return (f"job {name!r} is still running and has no selection.parquet yet; wait for it "
+                "to finish (alray status OUT shows its progress)")
+    if status == "failed":
+        cause = f" ({error})" if error else ""
+        return (f"job {name!r} failed and wrote no selection.parquet{cause}; fix the cause and "
+                "run the job again: the same command resumes it")
+    return (f"job {name!r} has no selection.parquet (status {status}); run the job first: the "
+            "same command resumes it")

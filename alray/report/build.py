@@ -13,7 +13,7 @@ from alray.errors import ConfigError
 from alray.output.folder import OutputFolder
 from alray.report import plots
 from alray.report.page import Section, format_seconds, render_page
-from alray.report.tally import PoolTally, SelectionView, read_job, read_selection, tally_pool
+from alray.report.tally import PoolTally, SelectionView, read_selection, tally_pool
 from alray.sources.files import Storage, access_refusals, open_parquet
 
 __all__ = ["ReportResult", "report", "CURVES", "SIM_SUMMARY", "STATISTICS"]
@@ -58,7 +58,7 @@ def report(out: str, storage: Storage | None = None) -> ReportResult:
         if folder.read_json(folder.JOB) is None and has[CURVES]:
             page, pngs = _simulation_page(folder, has)
             return _write(folder, page, pngs, "simulation")
-        page, pngs = _job_page(folder, read_job(folder), has)
+        page, pngs = _job_page(folder, folder.finished_job(), has)
         return _write(folder, page, pngs, "job")
 
 

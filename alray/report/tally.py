@@ -11,7 +11,7 @@ footers only), so no file is read twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ from alray.errors import ConfigError
 from alray.output.folder import OutputFolder
 from alray.sources.files import open_parquet
 
-__all__ = ["PoolTally", "SelectionView", "read_job", "read_selection", "score_files",
+__all__ = ["PoolTally", "SelectionView", "read_selection", "score_files",
            "score_range", "tally_pool", "SCORE_BINS", "CONFIDENCE_BINS", "TOP_ROWS"]
 
 #: Bins of the score histogram, between the pool's lowest and highest score.
@@ -32,35 +32,6 @@ CONFIDENCE_BINS = 40
 TOP_ROWS = 20
 _BATCH_ROWS = 65_536
 _READ_COLUMNS = ("id", "score", "shard", "predicted", "reason")
-
-
-# ----------------------------------------------------------------------------------- job
-
-
-def read_job(folder: OutputFolder) -> dict[str, Any]:
-    """``job.json`` of a job that finished with a selection; a :class:`ConfigError` on ``OUT``
-    that says what to do when there is none."""
-    job = folder.read_json(folder.JOB)
-    if not isinstance(job, dict) or not isinstance(job.get("spec"), dict):
-        raise ConfigError("OUT", f"no job.json under {folder.uri!r}; give the output folder of a "
-                                 "job that has run (output.uri), or run the job first")
-    fs, root = folder.fs()
-    if not fs.exists(f"{root}/{folder.SELECTION}"):
-        raise ConfigError("OUT", _no_selection(job))
-    return job
-
-
-def _no_selection(job: dict[str, Any]) -> str:
-    status, name, error = job.get("status"), job.get("name"), job.get("error")
-    if status == "running":
-        return (f"job {name!r} is still running and has no selection.parquet yet; wait for it "
-                "to finish (alray status OUT shows its progress)")
-    if status == "failed":
-        cause = f" ({error})" if error else ""
-        return (f"job {name!r} failed and wrote no selection.parquet{cause}; fix the cause and "
-                "run the job again: the same command resumes it")
-    return (f"job {name!r} has no selection.parquet (status {status}); run the job first: the "
-            "same command resumes it")
 
 
 # ----------------------------------------------------------------------------------- selection
