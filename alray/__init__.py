@@ -13,6 +13,7 @@ from alray.errors import AlrayError, ConfigError, JobFailed, ModelError, ShardEr
 
 __all__ = [
     "AlrayError",
+    "CartographyResult",
     "ConfigError",
     "JobFailed",
     "JobSpec",
@@ -21,6 +22,7 @@ __all__ = [
     "ShardError",
     "SimulationResult",
     "__version__",
+    "cartography",
     "export",
     "import_labels",
     "run",
@@ -43,4 +45,8 @@ def __getattr__(name: str):
         import alray.annotation
 
         return getattr(alray.annotation, name)
+    if name in ("cartography", "CartographyResult"):
+        import alray.cartography
+
+        return getattr(alray.cartography, name)
     raise AttributeError(f"module 'alray' has no attribute {name!r}")

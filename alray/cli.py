@@ -81,7 +81,35 @@ def _parser() -> argparse.ArgumentParser:
                         help="the job's output folder (or a simulation's), or its spec")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     _add_submit(commands)
+    _add_cartography(commands)
     return parser
+
+
+def _add_cartography(commands) -> None:
+    carto = commands.add_parser("cartography", help="training dynamics -> data map, and the "
+                                                    "labels most likely wrong, to relabel")
+    carto.add_argument("dynamics", metavar="DYNAMICS",
+                       help="folder (or glob, or fsspec URL) of per-epoch parquet or JSON-lines "
+                            "files, or a folder holding training_dynamics/")
+    carto.add_argument("--out", required=True, help="output folder (any fsspec URL)")
+    carto.add_argument("--hard", type=float, default=0.33,
+                       help="share of rows that are hard to learn: the lowest confidence "
+                            "(default 0.33)")
+    carto.add_argument("--ambiguous", type=float, default=0.33,
+                       help="share of rows that are ambiguous: the highest variability of the "
+                            "rest (default 0.33)")
+    carto.add_argument("--k", type=int, help="select at most K hard-to-learn rows (default: all)")
+    carto.add_argument("--classes", metavar="A,B,...", help="class names by index, for exports")
+    carto.add_argument("--carry", action="append", default=[], metavar="COLUMN",
+                       help="a log column to carry into the selection (the text or URI an "
+                            "annotator needs); repeat for more")
+    for name, what in (("id", "ids (default: id or guid)"),
+                       ("label", "given labels (default: gold or label)"),
+                       ("logits", "logits (default: logits or logits_epoch_N)"),
+                       ("probs", "probabilities (default: probs or probs_epoch_N)")):
+        carto.add_argument(f"--{name}-column", metavar="COLUMN", help=f"the column of {what}")
+    carto.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    carto.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
 
 def _add_submit(commands) -> None:
@@ -286,6 +314,26 @@ def _import_labels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cartography(args: argparse.Namespace) -> int:
+    from alray.cartography import LogColumns, cartography
+
+    columns = LogColumns(args.id_column, args.label_column, args.logits_column,
+                         args.probs_column)
+    say = None if args.quiet else (lambda line: print(f"alray: {line}", file=sys.stderr))
+    result = cartography(_local(args.dynamics), _local(args.out), hard=args.hard,
+                         ambiguous=args.ambiguous, k=args.k, columns=columns,
+                         carry=tuple(args.carry),
+                         classes=tuple(args.classes.split(",")) if args.classes else None,
+                         progress=say)
+    c = result.counts
+    print(f"alray: {c['rows']:,} rows over {c['epochs']} epochs: {c['hard_to_learn']:,} hard to "
+          f"learn, {c['ambiguous']:,} ambiguous, {c['easy_to_learn']:,} easy to learn")
+    print(f"alray: statistics -> {result.paths['statistics']}; data map -> "
+          f"{result.paths['data_map']}; {c['selected']:,} rows to relabel -> "
+          f"{result.paths['selection']}")
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from alray.demo import run_demo
 
@@ -313,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "plan": _plan, "demo": _demo, "status": _status,
                 "simulate": _simulate, "export": _export, "import-labels": _import_labels,
-                "report": _report, "submit": _submit}
+                "report": _report, "submit": _submit, "cartography": _cartography}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt as exc:

@@ -13,6 +13,9 @@
       report.html                        `alray report OUT`: one self-contained page
       report/<plot>.png                  the page's plots, as files
       exports/                           `alray export`: tasks, manifests, records
+      label_issues.parquet               confident learning's flags (pool.label_column)
+      statistics.parquet                 `alray cartography`: training dynamics per row
+      data_map.png                       `alray cartography`: the data map
 
 Every module that reads or writes the folder asks an :class:`OutputFolder` for the path and goes
 through it for storage options, so the layout is spelled out here only.
@@ -54,9 +57,12 @@ class OutputFolder:
     REPORT = "report.html"
     REPORT_PLOTS = "report"
     EXPORTS = "exports"
+    STATISTICS = "statistics.parquet"
+    DATA_MAP = "data_map.png"
+    LABEL_ISSUES = "label_issues.parquet"
     #: What one run writes at the top of the folder, and what was made from it; a new run clears
     #: them before it starts, so no report or export outlives its selection.
-    SUMMARIES = (SELECTION, JOB, ERRORS, REPORT, REPORT_PLOTS, EXPORTS)
+    SUMMARIES = (SELECTION, JOB, ERRORS, REPORT, REPORT_PLOTS, EXPORTS, LABEL_ISSUES)
 
     @classmethod
     def of(cls, spec: "JobSpec") -> "OutputFolder":

@@ -21,7 +21,7 @@ __all__ = ["ReportResult", "report", "CURVES", "SIM_SUMMARY", "STATISTICS"]
 #: What ``alray simulate`` writes (alray.simulation.outputs.write_outputs).
 CURVES, SIM_SUMMARY = "curves.parquet", "summary.json"
 #: Training dynamics, one row per training row: the data map's columns.
-STATISTICS = "statistics.parquet"
+STATISTICS = OutputFolder.STATISTICS
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,11 @@ def report(out: str, storage: Storage | None = None) -> ReportResult:
         if folder.read_json(folder.JOB) is None and has[CURVES]:
             page, pngs = _simulation_page(folder, has)
             return _write(folder, page, pngs, "simulation")
-        page, pngs = _job_page(folder, folder.finished_job(), has)
+        job = folder.finished_job()
+        if job.get("kind") == "cartography":
+            page, pngs = _cartography_page(folder, job)
+            return _write(folder, page, pngs, "cartography")
+        page, pngs = _job_page(folder, job, has)
         return _write(folder, page, pngs, "job")
 
 
@@ -243,6 +247,43 @@ def _data_map_section(folder: OutputFolder, name: str) -> tuple[str, Section]:
                "to learn, bottom left hard to learn (often mislabeled), the right ambiguous.")
     return "data_map", Section("data map of training dynamics", caption,
                                plots.data_map_png(table, f"{name}: data map"))
+
+
+# ----------------------------------------------------------------------------------- cartography
+
+
+def _cartography_page(folder: OutputFolder, job: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
+    """An `alray cartography` folder: the data map, the regions, and the rows to relabel."""
+    counts, shares = job.get("counts", {}), job.get("shares", {})
+    rows = counts.get("rows", 0)
+    selection = read_selection(folder)
+    classes = job["spec"].get("model", {}).get("classes")
+
+    def region(name: str) -> str:
+        n = counts.get(name, 0)
+        return f"{n:,} ({n / rows:.0%})" if rows else "0"
+
+    summary = [
+        ("training log", ", ".join(job["spec"]["pool"]["uri"])),
+        ("rows", f"{rows:,}"), ("epochs", str(counts.get("epochs", "?"))),
+        ("classes", str(counts.get("classes", "?"))),
+        ("hard to learn", f"{region('hard_to_learn')}: the {shares.get('hard', '?')} share "
+                          "with the lowest confidence"),
+        ("ambiguous", f"{region('ambiguous')}: the {shares.get('ambiguous', '?')} share with "
+                      "the highest variability of the rest"),
+        ("easy to learn", region("easy_to_learn")), ("rows selected", f"{selection.rows:,}"),
+        ("run time", format_seconds(job.get("seconds"))),
+    ]
+    sections = [_data_map_section(folder, job["name"])]
+    formats = ({name: (lambda v: f"{v} ({plots.class_name(v, classes)})")
+                for name in ("predicted", "gold")} if classes else {})
+    page = render_page(
+        f"alray report: {job['name']} (training dynamics)",
+        f"{folder.uri} · alray cartography · finished {job.get('finished') or '—'}",
+        summary, [s for _, s in sections], selection.top, formats,
+        "selection.parquet holds the hard-to-learn rows, lowest confidence in the gold label "
+        "first (score = 1 - gold_confidence): send them for relabeling with alray export.")
+    return page, {name: s.png for name, s in sections if s.png is not None}
 
 
 # ----------------------------------------------------------------------------------- simulation
