@@ -105,6 +105,8 @@ class PoolSpec:
     image_column: str | None = _spec(None, checks.string)
     image_uri_column: str | None = _spec(None, checks.string)
     carry: tuple[str, ...] = _spec((), checks.string_list)
+    label_column: str | None = _spec(None, checks.string)
+    fold_column: str | None = _spec(None, checks.string)
     shard_rows: int | None = _spec(None, checks.int_at_least(1))
     image: ImageSpec | None = _spec(None, _image)
 
@@ -457,6 +459,7 @@ def _check_across_sections(spec: JobSpec) -> JobSpec:
         raise ConfigError("pool.uri", "required key is missing; name a folder, glob or file")
     _check_selection(spec)
     _check_scoring(spec)
+    _check_labels(spec)
     kind = spec.model.kind
     if spec.pool.format == "images":
         return _check_image_pool(spec)
@@ -492,8 +495,9 @@ def _check_model_path(spec: JobSpec) -> None:
 
 
 def samples_per_row(spec: JobSpec) -> int:
-    """K: the model outputs per row (MC passes times committee members; 1 for one pass)."""
-    members = len(spec.model.members) if spec.model.members else 1
+    """K: the model outputs per row (MC passes times committee members; 1 for one pass). With
+    ``pool.fold_column`` each row meets one member only: its out-of-fold model."""
+    members = len(spec.model.members) if spec.model.members and not spec.pool.fold_column else 1
     return max(1, spec.scoring.mc_samples) * members
 
 
@@ -536,6 +540,33 @@ def _check_scoring(spec: JobSpec) -> None:
         raise ConfigError("scoring.strategy", f"{scoring.strategy} needs an embedding; a "
                                               "precomputed output has none: use a linear model, "
                                               "or a model that returns (output, embedding)")
+
+
+def _check_labels(spec: JobSpec) -> None:
+    """``pool.label_column`` and ``pool.fold_column`` against the model and the strategy."""
+    pool, model = spec.pool, spec.model
+    needs_labels = not is_custom(spec.scoring.strategy) and SCORES[spec.scoring.strategy].needs_labels
+    if needs_labels and pool.label_column is None:
+        raise ConfigError("pool.label_column", f"required by scoring.strategy "
+                                               f"{spec.scoring.strategy}; name the column of "
+                                               "the given labels")
+    if pool.label_column is not None:
+        if model.task != "classification":
+            raise ConfigError("pool.label_column", "label statistics need class probabilities; "
+                                                   "model.task is regression")
+        if pool.format == "images" and not pool.image_source_column:
+            raise ConfigError("pool.label_column", "an image folder has no columns; give a "
+                                                   "parquet pool with image_uri_column and a "
+                                                   "label column")
+    if pool.fold_column is None:
+        return
+    if pool.label_column is None:
+        raise ConfigError("pool.fold_column", "out-of-fold scoring is for finding label "
+                                              "errors; name the given labels in "
+                                              "pool.label_column too")
+    if not model.members or len(model.members) < 2:
+        raise ConfigError("pool.fold_column", "needs one model per fold in model.members "
+                                              "(member i trained without fold i)")
 
 
 def _check_selection(spec: JobSpec) -> None:

@@ -32,6 +32,8 @@ ERROR_KINDS = frozenset(
         "missing_object",
         "retries_exhausted",
         "out_of_memory",
+        "bad_label",
+        "bad_fold",
     }
 )
 

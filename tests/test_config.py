@@ -183,7 +183,7 @@ BAD_VALUES = [
      "'package.module:factory'"),
     ({"pool.colour": "red"}, "pool.colour", "unknown key",
      "uri, format, id_column, feature_column, image_column, image_uri_column, carry, "
-     "shard_rows, image"),
+     "label_column, fold_column, shard_rows, image"),
     ({"colour": {"a": 1}}, "colour", "unknown section",
      "name, pool, model, scoring, selection, output, resources"),
 ]

@@ -57,7 +57,8 @@ def _reused(shard: ShardSpec, record: ShardRecord, spec: JobSpec) -> ShardOutcom
 def _outcome(shard: ShardSpec, record: ShardRecord, candidates) -> ShardOutcome:
     return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=record.rows_in,
                         rows_scored=record.rows_scored, rows_quarantined=record.rows_quarantined,
-                        errors=record.errors, candidates=candidates, seconds=0.0)
+                        errors=record.errors, candidates=candidates, seconds=0.0,
+                        class_totals=record.class_totals)
 
 
 def reuse_committed(shards: list[ShardSpec], reusable: frozenset[str],

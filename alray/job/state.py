@@ -61,6 +61,8 @@ class JobState:
         self.scoring_seconds = 0.0
         self.id_type: pa.DataType = pa.int64()
         self.progress = progress
+        #: With ``pool.label_column``: each done shard's class totals (confident learning).
+        self.class_totals: dict[str, dict] = {}
 
     # -- feeding -------------------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class JobState:
             if outcome.candidates is not None:
                 self.id_type = outcome.candidates.schema.field("id").type
                 self.reducer.update(outcome.candidates)
+            if outcome.class_totals:
+                self.class_totals[outcome.shard_id] = outcome.class_totals
         else:
             self.counts["shards_quarantined"] += 1
         if outcome.status == "failed" and self.first_failure is None:

@@ -106,18 +106,22 @@ class Predictor:
             torch.manual_seed(_mask_seed(self.seed, shard_id, batch_index, member, sample))
             yield
 
-    def __call__(self, x: torch.Tensor, shard_id: str = "", batch_index: int = 0) -> ModelOutput:
-        """``[B, ...]`` features -> :class:`ModelOutput` with K samples."""
+    def __call__(self, x: torch.Tensor, shard_id: str = "", batch_index: int = 0,
+                 folds: torch.Tensor | None = None) -> ModelOutput:
+        """``[B, ...]`` features -> :class:`ModelOutput` with K samples.
+
+        With ``folds`` (``[B]`` int64, ``pool.fold_column``), row i goes through member
+        ``folds[i]`` only, its out-of-fold model, and K is the passes of one member; a row whose
+        fold is -1 (a rejected row) goes through none and gets zeros.
+        """
+        if folds is not None:
+            return self._out_of_fold(x, folds, shard_id, batch_index)
         outputs, embeddings = [], []
         for m, member in enumerate(self.members):
-            for t in range(self.passes):
-                with self._masks(shard_id, batch_index, m, t):
-                    out, embedding = member(x)
-                if self.task == "classification":
-                    out = as_two_classes(out, self.output)
-                outputs.append(out)
-                if embedding is not None and m == 0:
-                    embeddings.append(embedding)
+            out, embedding = self._passes(member, m, x, shard_id, batch_index)
+            outputs.extend(out)
+            if embedding is not None and m == 0:
+                embeddings.extend(embedding)
         widths = {o.shape[1] for o in outputs}
         if len(widths) > 1:
             raise ModelError(f"model.members: the members give {sorted(widths)} outputs per row; "
@@ -130,4 +134,46 @@ class Predictor:
             same = len(embeddings) == 1 or self.members[0].features_are_embedding
             embedding = embeddings[0] if same else torch.stack(
                 [e.float() for e in embeddings]).mean(dim=0)
+        return ModelOutput(values, embedding)
+
+    def _passes(self, member: LoadedModel, m: int, x: torch.Tensor, shard_id: str,
+                batch_index: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Member ``m``'s T passes over ``x``: its outputs and embeddings, one per pass."""
+        outputs, embeddings = [], []
+        for t in range(self.passes):
+            with self._masks(shard_id, batch_index, m, t):
+                out, embedding = member(x)
+            if self.task == "classification":
+                out = as_two_classes(out, self.output)
+            outputs.append(out)
+            if embedding is not None:
+                embeddings.append(embedding)
+        return outputs, embeddings
+
+    def _out_of_fold(self, x: torch.Tensor, folds: torch.Tensor, shard_id: str,
+                     batch_index: int) -> ModelOutput:
+        folds = folds.to(x.device)
+        values = embedding = None
+        for m, member in enumerate(self.members):
+            rows = torch.nonzero(folds == m).squeeze(1)
+            if not len(rows):
+                continue
+            outputs, embeddings = self._passes(member, m, x[rows], shard_id, batch_index)
+            part = torch.stack(outputs, dim=-1)
+            if values is None:
+                values = part.new_zeros((len(x), *part.shape[1:]))
+            elif part.shape[1] != values.shape[1]:
+                raise ModelError(f"model.members: member {m} gives {part.shape[1]} outputs per "
+                                 f"row, an earlier one {values.shape[1]}; the fold models must "
+                                 "agree on the classes")
+            values[rows] = part.to(values.dtype)
+            if embeddings:
+                e = torch.stack([v.float() for v in embeddings]).mean(dim=0)
+                if embedding is None:
+                    embedding = e.new_zeros((len(x), e.shape[1]))
+                embedding[rows] = e
+        if values is None:  # every row of the batch was rejected: any shape will do
+            values = self.members[0](x)[0]
+            values = torch.zeros_like(as_two_classes(values, self.output))[..., None] \
+                if self.task == "classification" else torch.zeros_like(values)[..., None]
         return ModelOutput(values, embedding)

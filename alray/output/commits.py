@@ -41,7 +41,8 @@ __all__ = ["SCORING_KEYS", "ShardRecord", "load_records", "model_content_hash", 
 #: ``scoring.seed``, ``scoring.batch_size`` and ``resources.gpus_per_actor`` count too
 #: (:func:`scoring_keys`).
 SCORING_KEYS = ("pool.format", "pool.id_column", "pool.feature_column", "pool.image_column",
-                "pool.image_uri_column", "pool.image", "pool.carry", "model", "scoring.strategy",
+                "pool.image_uri_column", "pool.image", "pool.carry", "pool.label_column",
+                "pool.fold_column", "model", "scoring.strategy",
                 "scoring.mc_samples")
 _MC_KEYS = ("scoring.seed", "scoring.batch_size", "resources.gpus_per_actor")
 _RECORD_THREADS = 16
@@ -118,6 +119,9 @@ class ShardRecord:
     #: :meth:`alray.selection.parts.CandidatePlan.key` of the candidates file, with the
     #: ledgers' digest: a record whose candidates were taken otherwise rebuilds them.
     candidates_key: str = ""
+    #: With ``pool.label_column``: the shard's per-class totals for confident learning's
+    #: thresholds (taken in the scan, so a resumed job needs no second look at its scores).
+    class_totals: dict | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, default=str).encode()

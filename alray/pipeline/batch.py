@@ -20,6 +20,7 @@ from alray.errors import ModelError, ShardError
 from alray.models.loaders import load_members
 from alray.models.predictor import ModelOutput, Predictor
 from alray.pipeline.outcome import error_record
+from alray.scoring.labels import gold_statistics
 from alray.scoring.registry import CLASSIC_SCORES, score_for
 from alray.scoring.samples import mean_log_probs, mean_prediction
 from alray.scoring.uncertainty import log_probs_from_logits, log_probs_from_probs, score_all
@@ -115,6 +116,9 @@ class BatchScorer:
         self.kernel = None if self.score.name in CLASSIC_SCORES else self._load_kernel()
         self.target = target_index(spec) if self.score.needs_target else None
         self.output_kind = "outputs" if self.task == "regression" else predictor.output
+        #: ``pool.label_column``: each row's label statistics, and its class probabilities for
+        #: confident learning, go to the scores file.
+        self.labels = spec.pool.label_column is not None
         plan = CandidatePlan.of(spec)
         #: The vectors the candidates carry (the selection method's), and the embedding of
         #: labeled rows for ``kcenter``: nothing else leaves the device.
@@ -129,9 +133,11 @@ class BatchScorer:
 
     # -- the model ----------------------------------------------------------------------------
 
-    def _run_model(self, x: torch.Tensor, shard_id: str, batch_index: int) -> ModelOutput:
+    def _run_model(self, x: torch.Tensor, shard_id: str, batch_index: int,
+                   folds: np.ndarray | None) -> ModelOutput:
         try:
-            return self.predictor(x, shard_id, batch_index)
+            return self.predictor(x, shard_id, batch_index,
+                                  None if folds is None else torch.from_numpy(folds))
         except torch.cuda.OutOfMemoryError:
             raise ShardError("out_of_memory",
                              f"the model ran out of GPU memory on a batch of {len(x)} rows; lower "
@@ -150,21 +156,23 @@ class BatchScorer:
 
     # -- scores -------------------------------------------------------------------------------
 
-    def _inputs(self, out: ModelOutput, log_probs, mean_lp) -> list:
+    def _inputs(self, out: ModelOutput, log_probs, mean_lp, gold=None) -> list:
         """What the strategy's kernel takes, in the order its registry entry names."""
         available = {"log_probs": lambda: log_probs, "mean_log_probs": lambda: mean_lp,
+                     "gold": lambda: gold,
                      "embedding": lambda: out.embedding, "target_class": lambda: self.target,
                      "outputs": lambda: out.values, "probs": lambda: torch.exp(log_probs)}
         return [available[name]() for name in self.score.inputs]
 
-    def _strategy_score(self, out: ModelOutput, log_probs=None, mean_lp=None) -> torch.Tensor:
+    def _strategy_score(self, out: ModelOutput, log_probs=None, mean_lp=None,
+                        gold=None) -> torch.Tensor:
         rows = len(out.values)
         if self.score.needs_embedding and out.embedding is None:
             raise ModelError(f"scoring.strategy: {self.strategy} needs an embedding and the model "
                              "gives none; use a linear model, or one that returns (output, "
                              "embedding)")
         try:
-            score = self.kernel(*self._inputs(out, log_probs, mean_lp))
+            score = self.kernel(*self._inputs(out, log_probs, mean_lp, gold))
         except Exception as exc:  # a score's own failure: the job's error, not the shard's
             raise ModelError(f"scoring.strategy: {self.strategy} raised {type(exc).__name__}: "
                              f"{_first_line(exc)}") from None
@@ -177,7 +185,8 @@ class BatchScorer:
                              "whose model output is finite")
         return score.float()
 
-    def _classification(self, out: ModelOutput) -> tuple[dict, dict]:
+    def _classification(self, out: ModelOutput,
+                        gold: torch.Tensor | None = None) -> tuple[dict, dict]:
         values = out.values
         to_log_probs = (log_probs_from_logits if self.output_kind == "logits"
                         else log_probs_from_probs)
@@ -188,10 +197,15 @@ class BatchScorer:
             log_probs = to_log_probs(values)
             mean_lp = mean_log_probs(log_probs)
         columns = score_all(mean_lp)
+        if gold is not None:
+            columns["gold"] = gold.int()
+            columns.update({name: value.float() for name, value in
+                            gold_statistics(log_probs, gold).items()})
+            columns["probs"] = torch.exp(mean_lp).float()
         if self.score.name in CLASSIC_SCORES:
             columns["score"] = columns[self.score.name]
         else:
-            score = self._strategy_score(out, log_probs, mean_lp)
+            score = self._strategy_score(out, log_probs, mean_lp, gold)
             columns["score"] = score
             if self.score.name != "score":  # a built-in beyond the classic four: its own column
                 columns[self.score.name] = score
@@ -224,8 +238,12 @@ class BatchScorer:
                        (~finite).cpu().numpy()))
         if not finite.all():
             x = torch.where(finite.view((-1,) + (1,) * (x.ndim - 1)), x, torch.zeros_like(x))
-        out = self._run_model(x, rejects.shard.shard_id, batch_index)
+        out = self._run_model(x, rejects.shard.shard_id, batch_index, batch.folds)
         self._check_classes(out.values)
+        if batch.labels is not None:
+            checks.append(("bad_label", f"label is not a class of the {out.values.shape[1]} the "
+                                        f"model gives (0..{out.values.shape[1] - 1})",
+                           batch.labels >= out.values.shape[1]))
         non_finite, bad_probs = invalid_rows(out.values, self.output_kind)
         checks.append(("non_finite", "the model's output holds NaN or Inf",
                        non_finite.cpu().numpy()))
@@ -234,8 +252,10 @@ class BatchScorer:
         rejected = self._reject(batch, checks, rejects)
         if rejected.any():
             out.values = self._filled(out.values, rejected)
+        gold = None if batch.labels is None else torch.from_numpy(
+            np.where(rejected | (batch.labels < 0), 0, batch.labels)).to(out.values.device)
         columns, vectors = (self._regression(out) if self.task == "regression"
-                            else self._classification(out))
+                            else self._classification(out, gold))
         if "embedding" in self.vectors:
             if out.embedding is None:
                 raise ModelError("selection.method: needs the model's embedding and the model "

@@ -16,12 +16,18 @@ from alray.sources.plan import ShardSpec
 if TYPE_CHECKING:
     from alray.config import JobSpec
 
-__all__ = ["SCORES_FILE_COLUMNS", "ShardOutcome", "bad_shard_outcome", "candidate_columns",
+__all__ = ["LABEL_COLUMNS", "SCORES_FILE_COLUMNS", "ShardOutcome", "bad_shard_outcome", "candidate_columns",
            "error_record", "label_candidates", "scores_file_columns"]
 
 #: A classification scores file's columns, in order. A built-in strategy beyond the classic four
 #: adds a column of its own name (``bald``, ...) before ``predicted``.
 SCORES_FILE_COLUMNS = ["id", "score", *CLASSIC_SCORES, "predicted", "confidence", "row"]
+
+
+#: What a scores file adds with ``pool.label_column``, before ``row``: the given label, its
+#: statistics over the K samples, and the mean class probabilities ``[C]`` (what confident
+#: learning's flags read).
+LABEL_COLUMNS = ["gold", "gold_confidence", "gold_variability", "gold_correctness", "probs"]
 
 
 def scores_file_columns(spec: "JobSpec") -> list[str]:
@@ -30,7 +36,8 @@ def scores_file_columns(spec: "JobSpec") -> list[str]:
     own = [] if is_custom(strategy) or strategy in CLASSIC_SCORES else [strategy]
     if spec.model.task == "regression":
         return ["id", "score", *own, "prediction", "row"]
-    return [*SCORES_FILE_COLUMNS[:-3], *own, *SCORES_FILE_COLUMNS[-3:]]
+    labels = LABEL_COLUMNS if spec.pool.label_column is not None else []
+    return [*SCORES_FILE_COLUMNS[:-3], *own, *SCORES_FILE_COLUMNS[-3:-1], *labels, "row"]
 
 
 def candidate_columns(spec: "JobSpec") -> list[str]:
@@ -49,6 +56,8 @@ class ShardOutcome:
         errors: ``errors.jsonl`` records for the shard or its bad rows.
         candidates: the shard's top M rows (``id``, ``score``, ``shard``, ``uri``, ``predicted``,
             ``row``, carried columns), in rank order; None unless done.
+        class_totals: with ``pool.label_column``, the shard's part of confident learning's
+            per-class thresholds (:meth:`alray.cartography.confident.ClassTotals.to_dict`).
     """
 
     shard_id: str
@@ -60,6 +69,7 @@ class ShardOutcome:
     errors: list[dict] = field(default_factory=list)
     candidates: pa.Table | None = None
     seconds: float = 0.0
+    class_totals: dict | None = None
 
 
 def error_record(shard: ShardSpec, kind: str, message: str, row: int | None = None,

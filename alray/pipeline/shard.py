@@ -23,6 +23,7 @@ from alray.pipeline.outcome import (ShardOutcome, bad_shard_outcome, error_recor
                                     label_candidates, scores_file_columns)
 from alray.pipeline.vectors import CandidateVectors, VectorsIncomplete
 from alray.reduce import first_occurrences
+from alray.cartography.pool import class_totals
 from alray.selection.parts import CandidatePlan
 from alray.sources.files import parquet_bytes
 from alray.sources.images import read_image_shard
@@ -32,6 +33,9 @@ from alray.sources.prefetch import prefetch
 from alray.sources.rows import RowBatch, ShardColumns
 
 __all__ = ["scan_and_commit", "scan_shard", "scan_with_retries"]
+
+
+_EMPTY_TYPES = {"predicted": pa.int32(), "gold": pa.int32(), "probs": pa.list_(pa.float32())}
 
 
 class _ShardRows:
@@ -73,7 +77,7 @@ class _ShardRows:
             if self.columns:
                 columns[name] = self._column([c[name] for c in self.columns])
             else:  # a shard of zero rows still has every column
-                columns[name] = pa.array([], pa.int32() if name == "predicted" else pa.float32())
+                columns[name] = pa.array([], _EMPTY_TYPES.get(name, pa.float32()))
         carried = pa.concat_tables(self.carry) if self.carry else None
         for name in carry:
             columns[name] = carried.column(name) if carried is not None else pa.nulls(0)
@@ -121,13 +125,16 @@ class _LabeledRows:
 
 def _finish(shard: ShardSpec, spec: JobSpec, rows: _ShardRows, rejects: RowRejects,
             id_type: pa.DataType, vectors: CandidateVectors, exclusion: Exclusion | None,
-            labeled: _LabeledRows) -> pa.Table:
+            labeled: _LabeledRows) -> tuple[pa.Table, dict | None]:
+    """Write the shard's scores file; returns its candidates and, with ``pool.label_column``,
+    its class totals."""
     names = scores_file_columns(spec)
     table = _drop_repeated_ids(rows.table(names, id_type, spec.pool.carry), rejects)
     folder = OutputFolder.of(spec)
     folder.write(folder.scores(shard.shard_id), parquet_bytes(table))
     candidates = take_candidates(table, spec, exclusion, vectors, labeled.table())
-    return label_candidates(candidates, shard)
+    totals = class_totals(table) if spec.pool.label_column is not None else None
+    return label_candidates(candidates, shard), totals
 
 
 def _batches(shard: ShardSpec, spec: JobSpec, columns: ShardColumns):
@@ -181,7 +188,8 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
                         scored.columns["score"][open_rows],
                         {name: v[open_rows] for name, v in scored.vectors.items()
                          if name in kept_vectors})
-        candidates = _finish(shard, spec, rows, rejects, id_type, vectors, exclusion, labeled)
+        candidates, totals = _finish(shard, spec, rows, rejects, id_type, vectors, exclusion,
+                                     labeled)
     except VectorsIncomplete:  # repeated ids pushed a row in whose vectors were let go
         return scan_shard(shard, spec, scorer, keep_all=True, raise_transient=raise_transient,
                           exclusion=exclusion)
@@ -196,7 +204,7 @@ def scan_shard(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer,
     return ShardOutcome(shard.shard_id, shard.uri, "done", rows_in=rows_in,
                         rows_scored=rows_in - quarantined, rows_quarantined=quarantined,
                         errors=rejects.records, candidates=candidates,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, class_totals=totals)
 
 
 _TRANSIENT_RETRIES, _FIRST_WAIT = 3, 0.5
@@ -227,6 +235,7 @@ def scan_and_commit(shard: ShardSpec, spec: JobSpec, scorer: BatchScorer, scorin
         record = ShardRecord(shard.shard_id, shard_key(shard, scoring), outcome.status,
                              outcome.rows_in, outcome.rows_scored, outcome.rows_quarantined,
                              spec.selection.per_shard, outcome.errors, round(outcome.seconds, 3),
-                             CandidatePlan.of(spec).key(exclusion.digest if exclusion else ""))
+                             CandidatePlan.of(spec).key(exclusion.digest if exclusion else ""),
+                             outcome.class_totals)
         write_commit(OutputFolder.of(spec), record, outcome.candidates)
     return outcome

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import ray
 
+from alray.cartography.pool import write_label_issues
 from alray.config import JobSpec
 from alray.errors import JobFailed, ModelError
 from alray.job.plan import JobPlan, plan_job
@@ -197,6 +198,10 @@ def _finish(state: JobState, started: str, clock: float, devices: list[str],
     if not failure:
         paths["selection"], selection = write_selection(
             folder, select(state.reducer.result(), spec), spec.pool.carry, state.id_type)
+        if spec.pool.label_column is not None:
+            done = sorted(state.done_ids())
+            paths["label_issues"], record["counts"]["label_issues"] = write_label_issues(
+                folder, done, [state.class_totals[s] for s in done if s in state.class_totals])
     paths["job"] = write_job_json(folder, record)
     if failure:
         raise JobFailed(failure)

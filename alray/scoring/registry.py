@@ -12,6 +12,7 @@ log_probs       ``[B, C, K]`` log-probabilities, samples last (K = 1 for one pla
 mean_log_probs  ``[B, C]`` log of the mean probability over K
 embedding       ``[B, D]`` the model's embedding (a ``linear`` head's input features)
 target_class    ``int``, ``scoring.target_class`` as a class index
+gold            ``[B]`` int64, each row's given label (``pool.label_column``) as a class index
 outputs         ``[B, O, K]`` a regression model's outputs, samples last
 ==============  ===============================================================================
 """
@@ -53,6 +54,10 @@ class Score:
         return "embedding" in self.inputs
 
     @property
+    def needs_labels(self) -> bool:
+        return "gold" in self.inputs
+
+    @property
     def needs_target(self) -> bool:
         return "target_class" in self.inputs
 
@@ -64,6 +69,7 @@ class Score:
 
 _CLASSIC = "alray.scoring.uncertainty"
 _SAMPLES = "alray.scoring.samples"
+_LABELS = "alray.scoring.labels"
 
 
 def _entries(*scores: Score) -> dict[str, Score]:
@@ -91,6 +97,8 @@ SCORES: dict[str, Score] = _entries(
     Score("expected_gradient_length",
           "sum_c p_mean_c * ||p_mean - e_c|| * sqrt(||h||^2 + 1)", ">= 0",
           f"{_SAMPLES}:expected_gradient_length", ("log_probs", "embedding")),
+    Score("label_issue", "1 - mean_k p_k[gold]", "[0, 1]", f"{_LABELS}:label_issue",
+          ("log_probs", "gold")),
     Score("variance", "mean over outputs of the variance over K", ">= 0", f"{_SAMPLES}:variance",
           ("outputs",), needs_samples=True, task="regression"),
 )

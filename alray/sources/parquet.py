@@ -17,7 +17,7 @@ from alray.errors import ShardError
 from alray.sources.files import Storage, is_local, is_transient, open_parquet
 from alray.sources.decode import decode_images, fetch_uri
 from alray.sources.plan import ShardSpec
-from alray.sources.rows import RowBatch, ShardColumns, check_schema
+from alray.sources.rows import RowBatch, ShardColumns, check_schema, decode_folds, decode_labels
 
 __all__ = ["decode_values", "read_shard"]
 
@@ -115,6 +115,29 @@ def _ids(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return arr, arr.is_null().to_numpy(zero_copy_only=False)
 
 
+def _row_values(batch: pa.RecordBatch, columns: ShardColumns,
+                bad: list) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The batch's labels and folds, where the job reads them; rows without a usable one are
+    added to ``bad``."""
+    labels = folds = None
+    if columns.label_column is not None:
+        column = batch.column(columns.label_column)
+        labels = decode_labels(column, columns.label_names)
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        bad.append(("null_value", f"null label in column {columns.label_column!r}", null))
+        bad.append(("bad_label", f"label in column {columns.label_column!r} is not one of "
+                                 "model.classes", (labels < 0) & ~null))
+    if columns.fold_column is not None:
+        column = batch.column(columns.fold_column)
+        folds = decode_folds(column, columns.folds)
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        bad.append(("null_value", f"null fold in column {columns.fold_column!r}", null))
+        bad.append(("bad_fold", f"fold in column {columns.fold_column!r} is not in 0 .. "
+                                f"{columns.folds - 1} (one per model.members entry)",
+                    (folds < 0) & ~null))
+    return labels, folds
+
+
 # ----------------------------------------------------------------------------------- reading
 
 
@@ -128,7 +151,7 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
     """
     if shard.problem is not None:
         raise shard.problem.error()
-    names = [columns.id_column, columns.value_column, *columns.carry]
+    names = [columns.id_column, columns.value_column, *columns.carry, *columns.row_columns]
     width = columns.width
     try:
         with open_parquet(shard.uri, storage) as pf:
@@ -147,7 +170,8 @@ def read_shard(shard: ShardSpec, columns: ShardColumns, batch_size: int,
                     bad = _row_checks(columns, width, null_ids, masks)
                 carry = (pa.Table.from_batches([batch.select(list(columns.carry))])
                          if columns.carry else None)
-                yield RowBatch(first_row, ids, matrix, bad, carry)
+                labels, folds = _row_values(batch, columns, bad)
+                yield RowBatch(first_row, ids, matrix, bad, carry, labels, folds)
                 first_row += batch.num_rows
     except ShardError:
         raise
