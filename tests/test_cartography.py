@@ -303,3 +303,34 @@ def test_bad_folders_and_columns_say_what_to_do(tmp_path):
     assert result.statistics.column("id").to_pylist() == [1]
     with pytest.raises(ConfigError, match="--hard"):
         cartography(str(log), str(tmp_path / "out"), hard=0.7, ambiguous=0.5)
+
+
+# ----------------------------------------------------------------------------------- kernels
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 12), st.integers(2, 6), st.integers(1, 5), st.integers(0, 2**32 - 1),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_the_job_kernels_equal_numpy_over_k_samples(rows, classes, samples, seed, dtype):
+    """``gold_statistics`` and ``label_issue`` over ``[B, C, K]`` (samples last) against a
+    float64 NumPy reference: K epochs' checkpoints or K committee members."""
+    from alray.scoring.labels import gold_statistics, label_issue
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=4.0, size=(rows, classes, samples))
+    gold = rng.integers(0, classes, rows)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    p_gold = probs[np.arange(rows), gold, :]                      # [B, K]
+    log_probs = torch.log_softmax(torch.from_numpy(logits).to(dtype), dim=1)
+    got = gold_statistics(log_probs, torch.from_numpy(gold))
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(got["gold_confidence"].double().numpy(), p_gold.mean(axis=1),
+                               atol=tolerance)
+    np.testing.assert_allclose(got["gold_variability"].double().numpy(), p_gold.std(axis=1),
+                               atol=tolerance)
+    right = (probs.argmax(axis=1) == gold[:, None]).mean(axis=1)
+    assert got["gold_correctness"].double().numpy().tolist() == pytest.approx(right.tolist())
+    issue = label_issue(log_probs, torch.from_numpy(gold)).double().numpy()
+    np.testing.assert_allclose(issue, 1 - p_gold.mean(axis=1), atol=tolerance)
+    assert ((issue >= 0) & (issue <= 1)).all()
