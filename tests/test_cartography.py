@@ -147,7 +147,7 @@ def test_regions_take_the_shares_lowest_confidence_then_highest_variability(conf
     assert got.tolist() == reference_regions(confidence, variability, hard, amb).tolist()
 
 
-# ----------------------------------------------------------------------------------- reference layout
+# ----------------------------------------------------------------------- reference layout
 
 
 def _digits_like_log(folder: str, epochs: int = 4, rows: int = 60, classes: int = 3,

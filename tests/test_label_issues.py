@@ -9,6 +9,7 @@ the probabilities the job stored, and they must find the flipped rows.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -17,8 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alray.cartography.confident import (ClassTotals, IssueFlagger, calibrate_joint,
-                                         confident_joint, prune_counts)
+from alray.cartography.confident import (
+    ClassTotals,
+    IssueFlagger,
+    calibrate_joint,
+    confident_joint,
+    prune_counts,
+)
 from alray.output.folder import OutputFolder
 from alray.sources.files import open_parquet, parquet_bytes
 

@@ -117,25 +117,29 @@ def _ids(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def _row_values(batch: pa.RecordBatch, columns: ShardColumns,
                 bad: list) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The batch's labels and folds, where the job reads them; rows without a usable one are
-    added to ``bad``."""
+    """The batch's labels and folds (-1 where unusable), where the job reads them; rows without
+    a usable one are added to ``bad``."""
     labels = folds = None
     if columns.label_column is not None:
-        column = batch.column(columns.label_column)
-        labels = decode_labels(column, columns.label_names)
-        null = column.is_null().to_numpy(zero_copy_only=False)
-        bad.append(("null_value", f"null label in column {columns.label_column!r}", null))
-        bad.append(("bad_label", f"label in column {columns.label_column!r} is not one of "
-                                 "model.classes", (labels < 0) & ~null))
+        name = columns.label_column
+        labels = decode_labels(batch.column(name), columns.label_names)
+        _flag_unusable(batch, name, "label", labels, bad, "bad_label",
+                       f"label in column {name!r} is not one of model.classes")
     if columns.fold_column is not None:
-        column = batch.column(columns.fold_column)
-        folds = decode_folds(column, columns.folds)
-        null = column.is_null().to_numpy(zero_copy_only=False)
-        bad.append(("null_value", f"null fold in column {columns.fold_column!r}", null))
-        bad.append(("bad_fold", f"fold in column {columns.fold_column!r} is not in 0 .. "
-                                f"{columns.folds - 1} (one per model.members entry)",
-                    (folds < 0) & ~null))
+        name = columns.fold_column
+        folds = decode_folds(batch.column(name), columns.folds)
+        _flag_unusable(batch, name, "fold", folds, bad, "bad_fold",
+                       f"fold in column {name!r} is not in 0 .. {columns.folds - 1} (one per "
+                       "model.members entry)")
     return labels, folds
+
+
+def _flag_unusable(batch: pa.RecordBatch, name: str, what: str, decoded: np.ndarray, bad: list,
+                   kind: str, message: str) -> None:
+    """Null values as ``null_value``; other values decoded to -1 as ``kind``."""
+    null = batch.column(name).is_null().to_numpy(zero_copy_only=False)
+    bad.append(("null_value", f"null {what} in column {name!r}", null))
+    bad.append((kind, message, (decoded < 0) & ~null))
 
 
 # ----------------------------------------------------------------------------------- reading

@@ -1,7 +1,8 @@
 """How many of the rows a file names were really flipped by make_digits.py: precision and
 recall against jobs/labels/flipped.json.
 
-    python jobs/labels/check.py jobs/labels/cartography/selection.parquet jobs/labels/out/label_issues.parquet
+    python jobs/labels/check.py jobs/labels/cartography/selection.parquet \
+        jobs/labels/out/label_issues.parquet
 """
 
 from __future__ import annotations
