@@ -25,9 +25,9 @@ def run_cli(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess:
 
 def test_public_api_is_explicit():
     assert sorted(alray.__all__) == sorted(
-        ["AlrayError", "ConfigError", "JobFailed", "JobSpec", "ModelError", "Result",
-         "ShardError", "SimulationResult", "__version__", "export", "import_labels", "run",
-         "simulate"])
+        ["AlrayError", "CartographyResult", "ConfigError", "JobFailed", "JobSpec", "ModelError",
+         "Result", "ShardError", "SimulationResult", "__version__", "cartography", "export",
+         "import_labels", "run", "simulate"])
     for name in alray.__all__:
         assert hasattr(alray, name)
     assert issubclass(alray.ConfigError, ValueError) and issubclass(alray.JobFailed, RuntimeError)
