@@ -242,11 +242,27 @@ def _ids(column, file: EpochFile, first_row: int, name: str) -> pa.Array:
     return array.cast(pa.int64()) if pa.types.is_integer(array.type) else array
 
 
-def _record_batches(file: EpochFile, batch_rows: int,
+def _row_group_runs(metadata, batch_bytes: int) -> Iterator[list[int]]:
+    """Consecutive row groups of about ``batch_bytes`` uncompressed (at least one each)."""
+    run, size = [], 0
+    for index in range(metadata.num_row_groups):
+        run.append(index)
+        size += metadata.row_group(index).total_byte_size
+        if size >= batch_bytes:
+            yield run
+            run, size = [], 0
+    if run:
+        yield run
+
+
+def _record_batches(file: EpochFile, batch_bytes: int,
                     storage: Storage | None) -> Iterator[pa.RecordBatch]:
+    """A parquet file's rows in runs of whole row groups of about ``batch_bytes``, each decoded
+    by Arrow's threads; a JSON-lines file's in blocks of 16 MiB of text."""
     if file.format == "parquet":
         with open_parquet(file.uri, storage) as pf:
-            yield from pf.iter_batches(batch_size=batch_rows)
+            for run in _row_group_runs(pf.metadata, batch_bytes):
+                yield from pf.read_row_groups(run, use_threads=True).combine_chunks().to_batches()
         return
     with open_file(file.uri, "rb", storage) as f:
         try:
@@ -260,17 +276,18 @@ def _record_batches(file: EpochFile, batch_rows: int,
                 raise ConfigError("DYNAMICS", f"{_name(file)}: not JSON lines ({exc})") from None
 
 
-def epoch_batches(file: EpochFile, columns: LogColumns = LogColumns(), batch_rows: int = 65_536,
+def epoch_batches(file: EpochFile, columns: LogColumns = LogColumns(),
+                  batch_bytes: int = 64 * 2**20,
                   storage: Storage | None = None) -> Iterator[LogBatch]:
-    """The rows of ``file``, ``batch_rows`` or so at a time (a JSON-lines file in blocks of
-    16 MiB of text).
+    """The rows of ``file``, about ``batch_bytes`` of them (uncompressed) at a time: whole
+    parquet row groups, or blocks of 16 MiB of JSON lines.
 
     Raises:
         ConfigError: (naming ``DYNAMICS``, the file and the row) a column is missing, null or
             of the wrong type, or rows hold different numbers of values.
     """
     first_row, resolved = 0, None
-    for batch in _record_batches(file, batch_rows, storage):
+    for batch in _record_batches(file, batch_bytes, storage):
         if resolved is None:
             resolved = _resolve(batch.schema.names, columns, file)
         yield LogBatch(_ids(batch.column(resolved.id), file, first_row, resolved.id),
@@ -289,7 +306,7 @@ def carried_columns(file: EpochFile, carry: tuple[str, ...], columns: LogColumns
         ConfigError: (naming ``--carry``) the file lacks a carried column.
     """
     first_row = 0
-    for batch in _record_batches(file, 65_536, storage):
+    for batch in _record_batches(file, 64 * 2**20, storage):
         names = batch.schema.names
         absent = [c for c in carry if c not in names]
         if absent:

@@ -34,6 +34,7 @@ from alray.output.folder import OutputFolder
 from alray.output.records import write_job_json
 from alray.report.plots import plot_data_map
 from alray.sources.files import Storage, access_refusals, parquet_bytes
+from alray.sources.prefetch import prefetch
 
 __all__ = ["CartographyResult", "cartography"]
 
@@ -56,13 +57,27 @@ class CartographyResult:
     paths: dict = field(default_factory=dict)
 
 
+def _log_batches(files: list[EpochFile], columns: LogColumns, storage: Storage | None):
+    """``(file, batch)`` over every epoch in order, ``(file, None)`` where an epoch ends."""
+    for file in files:
+        for batch in epoch_batches(file, columns, storage=storage):
+            yield file, batch
+        yield file, None
+
+
 def _read_log(files: list[EpochFile], columns: LogColumns, storage: Storage | None,
               say) -> GoldDynamics:
+    """The log's statistics; the next batch is read (Arrow, in a thread) while this one is
+    reduced (NumPy), across epochs."""
     dynamics = GoldDynamics()
-    for file in files:
-        started = time.perf_counter()
-        rows = dynamics.add_epoch(file, epoch_batches(file, columns, storage=storage))
+    started = time.perf_counter()
+    for file, batch in prefetch(_log_batches(files, columns, storage), depth=2):
+        if batch is not None:
+            dynamics.take(file, batch)
+            continue
+        rows = dynamics.end_epoch(file)
         say(f"epoch {file.epoch}: {rows:,} rows in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
     if not len(dynamics):
         raise ConfigError("DYNAMICS", "the log holds no rows")
     return dynamics
@@ -97,9 +112,9 @@ def _selection(statistics: pa.Table, hard_rows: np.ndarray, k: int | None, uri: 
         "id": rows.column("id"),
         "score": pa.array(1.0 - rows.column("gold_confidence").to_numpy(), pa.float32()),
         "shard": pa.nulls(len(order), pa.string()),
-        "uri": pa.array([uri] * len(order), pa.string()),
+        "uri": pa.repeat(pa.scalar(uri, pa.string()), len(order)),
         "predicted": rows.column("predicted"),
-        "reason": pa.array(["hard_to_learn"] * len(order), pa.string()),
+        "reason": pa.repeat(pa.scalar("hard_to_learn", pa.string()), len(order)),
         "gold": rows.column("gold"),
     })
     if carried is None:
@@ -161,7 +176,8 @@ def cartography(dynamics: str, out: str, *, hard: float = 0.33, ambiguous: float
         statistics = state.statistics()
         region = regions(statistics.column("gold_confidence").to_numpy(),
                          statistics.column("gold_variability").to_numpy(), hard, ambiguous)
-        statistics = statistics.add_column(5, "region", pa.array(np.asarray(REGIONS)[region]))
+        names = pa.DictionaryArray.from_arrays(pa.array(region), pa.array(REGIONS))
+        statistics = statistics.add_column(5, "region", names.cast(pa.string()))
         hard_rows = np.flatnonzero(region == REGIONS.index("hard_to_learn"))
         carried = _carried(files, statistics.column("id").combine_chunks().take(
             pa.array(hard_rows)), carry, columns, storage)
