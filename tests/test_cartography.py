@@ -334,3 +334,29 @@ def test_the_job_kernels_equal_numpy_over_k_samples(rows, classes, samples, seed
     issue = label_issue(log_probs, torch.from_numpy(gold)).double().numpy()
     np.testing.assert_allclose(issue, 1 - p_gold.mean(axis=1), atol=tolerance)
     assert ((issue >= 0) & (issue <= 1)).all()
+
+
+# ----------------------------------------------------------------------- object storage
+
+
+def test_the_log_is_read_from_and_the_outputs_written_to_object_storage(tmp_path, s3,
+                                                                       s3_server):
+    """DYNAMICS and --out as s3:// URLs on moto's server: the logger writes the log there, the
+    reference layout is found under the prefix, and the outputs land beside it."""
+    storage = {"s3": {"endpoint_url": s3_server}}
+    s3.mkdir("training")
+    local = tmp_path / "run" / "training_dynamics"
+    _digits_like_log(str(local))
+    for path in sorted(local.iterdir()):
+        s3.put_file(str(path), f"training/run/training_dynamics/{path.name}")
+    logger = DynamicsLogger("s3://training/logged", storage=storage)
+    logger.log([7, 8], [[0.0, 3.0], [2.0, 0.0]], [1, 1])
+    assert logger.end_epoch() == "s3://training/logged/dynamics_epoch_0.parquet"
+    result = cartography("s3://training/run", "s3://training/carto", storage=storage)
+    assert result.counts["rows"] == 60 and result.counts["epochs"] == 4
+    assert s3.cat_file("training/carto/data_map.png")[:4] == b"\x89PNG"
+    assert sorted(s3.ls("training/carto", detail=False)) == [
+        f"training/carto/{name}" for name in ("data_map.png", "job.json", "selection.parquet",
+                                              "statistics.parquet")]
+    logged = cartography("s3://training/logged", "s3://training/carto-2", storage=storage)
+    assert logged.statistics.column("id").to_pylist() == [7, 8]

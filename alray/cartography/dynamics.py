@@ -316,6 +316,18 @@ def _share_rows(share: float, n: int) -> int:
     return min(n, int(share * n + 0.5))
 
 
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``keys``, ties to the lowest position: a stable sort's
+    first ``k``, found in linear time (one partition), unordered."""
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k >= len(keys):
+        return np.arange(len(keys))
+    cut = np.partition(keys, k - 1)[k - 1]
+    below = np.flatnonzero(keys < cut)
+    return np.concatenate([below, np.flatnonzero(keys == cut)[:k - len(below)]])
+
+
 def regions(confidence: np.ndarray, variability: np.ndarray, hard: float = 0.33,
             ambiguous: float = 0.33) -> np.ndarray:
     """Each row's region (an index into :data:`REGIONS`). ``[N], [N] -> [N]`` int8.
@@ -332,10 +344,8 @@ def regions(confidence: np.ndarray, variability: np.ndarray, hard: float = 0.33,
                                     "share in [0, 1] and together at most 1")
     n = len(confidence)
     region = np.full(n, REGIONS.index("easy_to_learn"), np.int8)
-    by_confidence = np.argsort(confidence, kind="stable")
-    hardest = by_confidence[:_share_rows(hard, n)]
-    region[hardest] = REGIONS.index("hard_to_learn")
-    rest = by_confidence[len(hardest):]
-    most_variable = rest[np.lexsort((rest, -variability[rest]))]  # ties: the row seen first
-    region[most_variable[:_share_rows(ambiguous, n)]] = REGIONS.index("ambiguous")
+    region[_smallest(confidence, _share_rows(hard, n))] = REGIONS.index("hard_to_learn")
+    rest = np.flatnonzero(region != REGIONS.index("hard_to_learn"))
+    region[rest[_smallest(-variability[rest], _share_rows(ambiguous, n))]] = \
+        REGIONS.index("ambiguous")
     return region
