@@ -36,17 +36,15 @@ Parts (both by default; ``--parts`` picks one):
   (1) pyarrow alone, two ways, every batch's ids, gold and logits turned into NumPy (the logits
   a [n, C] float32 matrix): ``pyarrow.dataset(files).to_batches(use_threads=True)`` and
   ``pq.read_table(file, use_threads=True)`` per epoch; (2) ``alray.cartography.cartography``
-  on the folder, the whole call (statistics, regions, statistics.parquet, data map, selection),
-  with torch's default intra-op threads or each of ``--torch-threads`` (its per-batch kernels are
-  torch ops, which slow down sharply when the cores are shared). The faster pyarrow way is the
-  baseline. Peak RSS of each pass is VmHWM after resetting it
+  on the folder, the whole call (statistics, regions, statistics.parquet, data map, selection).
+  The faster pyarrow way is the baseline. Peak RSS of each pass is VmHWM after resetting it
   (``/proc/self/clear_refs``). The alray pass is split into reading the log (up to the last
   epoch's progress line) and the rest; ``--profile`` adds one more alray pass under cProfile.
 
     .venv/bin/python benchmarks/bench_cartography.py                       # both; 10M x 20
     .venv/bin/python benchmarks/bench_cartography.py --parts quality
     .venv/bin/python benchmarks/bench_cartography.py --parts speed --rows 1000000 --epochs 20 \
-        --torch-threads 2 1 --profile
+        --profile
     .venv/bin/python benchmarks/bench_cartography.py --parts speed --rows 200000 --epochs 5
 """
 
@@ -497,24 +495,20 @@ def timed_scan(scan, files: list[Path], classes: int) -> Pass:
     return Pass(time.perf_counter() - started, peak_rss(), before, rows)
 
 
-def timed_cartography(folder: Path, out_dir: Path, threads: int) -> Pass:
-    """The whole alray call with torch on ``threads`` intra-op threads."""
+def timed_cartography(folder: Path, out_dir: Path) -> Pass:
+    """The whole alray call."""
     lines: list[float] = []
-    default = torch.get_num_threads()
-    torch.set_num_threads(threads)
     reset_peak_rss()
     before, started = rss(), time.perf_counter()
-    try:
-        result = cartography(str(folder), str(out_dir),
-                             progress=lambda line: lines.append(time.perf_counter()))
-    finally:
-        seconds = time.perf_counter() - started
-        torch.set_num_threads(default)
+    result = cartography(str(folder), str(out_dir),
+                         progress=lambda line: lines.append(time.perf_counter()))
+    seconds = time.perf_counter() - started
     return Pass(seconds, peak_rss(), before, result.counts["rows"] * result.counts["epochs"],
                 lines[-1] - started)
 
 
 SCANS = {"pyarrow dataset.to_batches": scan_dataset, "pyarrow read_table": scan_read_table}
+ALRAY = "alray cartography"
 
 
 def part_speed(out: Out, args) -> None:
@@ -522,25 +516,22 @@ def part_speed(out: Out, args) -> None:
                            args.chunk_rows)
     files = sorted(folder.glob("dynamics_epoch_*.parquet"))
     size = sum(f.stat().st_size for f in files)
-    threads = args.torch_threads or [torch.get_num_threads()]
     out(f"\nspeed: {args.rows:,} rows x {len(files)} epochs x {args.classes} classes, "
         f"{size / 2**30:.2f} GiB of zstd parquet ({size / (args.rows * len(files)):.1f} bytes a "
-        f"row-epoch); torch's default intra-op threads {torch.get_num_threads()}; best of "
-        f"{args.repeats}, interleaved; peak RSS resettable: {reset_peak_rss()}")
+        f"row-epoch); best of {args.repeats}, interleaved; peak RSS resettable: "
+        f"{reset_peak_rss()}")
     runs: dict[str, list[Pass]] = {name: [] for name in SCANS}
-    runs.update({f"alray, torch {n} thread(s)": [] for n in threads})
+    runs[ALRAY] = []
     with tempfile.TemporaryDirectory(prefix="bench-cartography-out-", dir=args.log_dir) as work:
         for _ in range(args.repeats):
             for name, scan in SCANS.items():
                 runs[name].append(timed_scan(scan, files, args.classes))
-            for n in threads:
-                runs[f"alray, torch {n} thread(s)"].append(
-                    timed_cartography(folder, Path(work) / "out", n))
+            runs[ALRAY].append(timed_cartography(folder, Path(work) / "out"))
         stats_size = (Path(work) / "out" / "statistics.parquet").stat().st_size
         job = json.loads((Path(work) / "out" / "job.json").read_text())
         report_speed(out, runs, args.rows * len(files), stats_size, job)
         if args.profile:
-            profile_cartography(out, folder, Path(work), threads[0])
+            profile_cartography(out, folder, Path(work))
 
 
 def report_speed(out: Out, runs: dict[str, list[Pass]], total: int, stats_size: int,
@@ -567,26 +558,21 @@ def report_speed(out: Out, runs: dict[str, list[Pass]], total: int, stats_size: 
         for name, passes in runs.items()))
 
 
-def profile_cartography(out: Out, folder: Path, work: Path, threads: int,
-                        top: int = 15) -> None:
+def profile_cartography(out: Out, folder: Path, work: Path, top: int = 15) -> None:
     """One more alray pass, untimed, under cProfile: the functions that take the most time."""
     import cProfile
     import io
     import pstats
 
-    default = torch.get_num_threads()
-    torch.set_num_threads(threads)
     profiler = cProfile.Profile()
     profiler.enable()
     cartography(str(folder), str(work / "profiled"))
     profiler.disable()
-    torch.set_num_threads(default)
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
     lines = [line for line in text.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if "function calls" in line)
-    out(f"profile of one more alray pass, torch {threads} thread(s) (cProfile, by own time; "
-        "paths shortened):")
+    out("profile of one more alray pass (cProfile, by own time; paths shortened):")
     for line in lines[start:]:
         out("  " + line.replace(str(HERE.parent) + "/", "").replace(
             str(Path(sys.prefix)) + "/lib/python3.11/site-packages/", ""))
@@ -610,9 +596,6 @@ def main() -> None:
                         help="where the synthetic log is kept for reruns")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each speed pass, interleaved; the fastest counts")
-    parser.add_argument("--torch-threads", type=int, nargs="+", metavar="N",
-                        help="speed: run the alray pass with each of these torch intra-op "
-                             "thread counts (default: torch's default only)")
     parser.add_argument("--profile", action="store_true",
                         help="speed: also profile one more alray pass (untimed)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_cartography.txt")
