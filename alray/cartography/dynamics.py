@@ -2,11 +2,12 @@
 
 :class:`GoldDynamics` takes a log one epoch at a time. Each epoch's rows are reduced batch by
 batch to four numbers per row (p(gold), whether the argmax is gold, the argmax, the gold label)
-with the scoring kernels of :mod:`alray.scoring.labels`, in float64; the epoch's ids are then
-matched to the rows already seen with one hash lookup, and each row's mean and sum of squared
-deviations are updated in place (Welford's update, so the standard deviation keeps its precision
-when it is tiny beside the mean). Memory: 37 bytes per row for the statistics plus one epoch's
-reduced rows and one batch of logits, whatever the number of epochs.
+by :func:`reduce_batch`, the definitions of :mod:`alray.scoring.labels` in NumPy (the tests hold
+the two paths equal); the epoch's ids are then matched to the rows already seen through an
+:class:`IdIndex` built once, and each row's mean and sum of squared deviations are updated in
+place (Welford's update, so the standard deviation keeps its precision when it is tiny beside the
+mean). Memory: 48 bytes of state per row, plus one epoch's reduced rows and one batch of logits,
+whatever the number of epochs.
 
 Rows missing from some epochs: a row's statistics are over the epochs it appears in (``epochs``
 counts them), as the reference implementation's are over the epochs it logged; a row first seen
