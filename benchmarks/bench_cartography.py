@@ -51,17 +51,14 @@ Parts (both by default; ``--parts`` picks one):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +69,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from alray.cartography import DynamicsLogger, cartography  # noqa: E402
+from benchmarks.printing import Out, table  # noqa: E402
+from benchmarks.printing import header as run_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("quality", "speed")
@@ -82,42 +81,9 @@ ROW_GROUP = 65_536
 BYTES_PER_LOG_ROW = 60  # id + gold + 10 float32 logits after zstd (measured ~52), with margin
 
 
-class Out:
-    """Prints and keeps every line, for the results file."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def __call__(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.extend(text.split("\n"))
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def header(out: Out) -> None:
-    command = " ".join([".venv/bin/python benchmarks/bench_cartography.py", *sys.argv[1:]])
-    out(f"command: {command}")
-    out(f"run: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}")
-    out("versions: " + ", ".join(f"{n} {_version(n)}" for n in (
-        "alray", "torch", "scikit-learn", "cleanlab", "numpy", "pyarrow")))
-
-
-def table(out: Out, head: list[str], rows: list[list], widths: list[int]) -> None:
-    """A fixed-width table, the first column left-aligned and the others right."""
-    def fmt(values):
-        return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
-    out(fmt(head))
-    out("  ".join("-" * w for w in widths))
-    for row in rows:
-        out(fmt(row))
+    run_header(out, "bench_cartography.py", ("alray", "torch", "scikit-learn", "cleanlab",
+                                             "numpy", "pyarrow"))
 
 
 def mean_sd(values) -> str:

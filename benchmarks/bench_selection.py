@@ -32,12 +32,8 @@ baal's ``__init__``, which imports torchmetrics (and lightning-utilities), struc
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_selection_parts import (COPIES, DIVERSITY, agreement, budgets,  # noqa: E402
                                               digits_data, labels_to, rare_run, run_strategies,
                                               speed_runs, strategies)
+from benchmarks.printing import Out  # noqa: E402
+from benchmarks.printing import header as run_header  # noqa: E402
 from benchmarks.selection_loop import Logistic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -55,31 +53,10 @@ BATCH, INITIAL, BUDGET = 20, 20, 300
 ROUNDS = (BUDGET - INITIAL) // BATCH
 
 
-class Out:
-    """Prints and keeps every line, for the results file."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def __call__(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.extend(text.split("\n"))
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def header(out: Out, args) -> None:
-    command = " ".join([".venv/bin/python benchmarks/bench_selection.py", *sys.argv[1:]])
-    out(f"command: {command}")
-    out(f"run: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; torch threads 1 (speed part: 2)")
-    out("versions: " + ", ".join(f"{n} {_version(n)}" for n in (
-        "alray", "torch", "scikit-learn", "numpy", "pyarrow", "modAL-python", "baal")))
+    run_header(out, "bench_selection.py", ("alray", "torch", "scikit-learn", "numpy", "pyarrow",
+                                           "modAL-python", "baal"),
+               "; torch threads 1 (speed part: 2)")
     data = digits_data(0)
     x, y = data.pool_x[:200], data.pool_y[:200]
     from sklearn.linear_model import LogisticRegression
