@@ -190,3 +190,13 @@ def test_label_settings_that_cannot_work_are_refused_before_ray_starts(tmp_path,
     with pytest.raises(ConfigError) as caught:
         alray.JobSpec.from_dict(spec, base_dir=tmp_path)
     assert caught.value.where == where
+
+
+def test_the_plan_says_how_rows_are_scored_and_what_is_flagged(out_of_fold_job):
+    from alray.job.plan import format_plan, plan_job
+
+    folder, _, _ = out_of_fold_job
+    text, would_fail = format_plan(plan_job(alray.JobSpec.from_yaml(folder / "job.yaml")))
+    assert not would_fail
+    assert "5 fold models, each row scored by the one for its 'fold'" in text
+    assert "labels:  'label': gold statistics" in text and "label_issues.parquet" in text

@@ -176,9 +176,20 @@ def _verdict(plan: JobPlan) -> tuple[str, bool]:
 
 def _model_names(spec: JobSpec) -> str:
     model = spec.model
+    if model.members and spec.pool.fold_column:
+        return (f"{len(model.members)} fold models, each row scored by the one for its "
+                f"{spec.pool.fold_column!r}: {', '.join(model.members)}")
     if model.members:
         return f"committee of {len(model.members)}: {', '.join(model.members)}"
     return model.path or model.column or ""
+
+
+def _labels_line(spec: JobSpec) -> list[str]:
+    """What a job with given labels adds: the label statistics and the flags."""
+    if spec.pool.label_column is None:
+        return []
+    return [f"  labels:  {spec.pool.label_column!r}: gold statistics in the scores files, "
+            "confident learning's flags in label_issues.parquet"]
 
 
 def format_plan(plan: JobPlan) -> tuple[str, bool]:
@@ -192,6 +203,7 @@ def format_plan(plan: JobPlan) -> tuple[str, bool]:
         f"  pool:    {', '.join(spec.pool.uri)}",
         f"           {files:,} file(s), {len(plan.shards):,} shard(s), {plan.rows:,} rows",
         f"  model:   {spec.model.kind} {_model_names(spec)}".rstrip(),
+        *_labels_line(spec),
         f"  output:  {spec.output.uri}",
         f"  to score: {len(to_score):,} shard(s), {plan.rows_of(to_score):,} rows",
         f"  reused:   {len(reused):,} shard(s), {plan.rows_of(reused):,} rows (committed under "
