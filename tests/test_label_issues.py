@@ -9,6 +9,7 @@ the probabilities the job stored, and they must find the flipped rows.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -200,3 +201,20 @@ def test_the_plan_says_how_rows_are_scored_and_what_is_flagged(out_of_fold_job):
     assert not would_fail
     assert "5 fold models, each row scored by the one for its 'fold'" in text
     assert "labels:  'label': gold statistics" in text and "label_issues.parquet" in text
+
+
+def test_the_report_shows_how_many_labels_are_flagged_and_the_commonest_mix_ups(
+        out_of_fold_job):
+    from alray.report import report
+
+    folder, result, _ = out_of_fold_job
+    report(str(folder / "out"))
+    page = (folder / "out" / "report.html").read_text()
+    flagged = pq.read_table(folder / "out" / "label_issues.parquet")
+    assert "labels probably wrong" in page
+    assert f"Confident learning flags {flagged.num_rows:,} rows" in page
+    pairs = Counter(zip(flagged.column("given").to_pylist(),
+                        flagged.column("suggested").to_pylist()))
+    (given, suggested), count = pairs.most_common(1)[0]
+    assert any(line.split() == [str(given), str(suggested), str(count)]
+               for line in page.splitlines())

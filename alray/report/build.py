@@ -68,7 +68,8 @@ def report(out: str, storage: Storage | None = None) -> ReportResult:
 
 def _present(folder: OutputFolder) -> dict[str, bool]:
     fs, root = folder.fs()
-    return {name: fs.exists(f"{root}/{name}") for name in (CURVES, SIM_SUMMARY, STATISTICS)}
+    return {name: fs.exists(f"{root}/{name}")
+            for name in (CURVES, SIM_SUMMARY, STATISTICS, folder.LABEL_ISSUES)}
 
 
 def _write(folder: OutputFolder, page: str, pngs: dict[str, bytes], kind: str) -> ReportResult:
@@ -98,6 +99,8 @@ def _job_page(folder: OutputFolder, job: dict[str, Any],
     sections = [_scores_section(spec, tally, selection),
                 *_class_sections(tally, selection, classes)]
     sections += _extra_sections(folder, has, job["name"])
+    if has[folder.LABEL_ISSUES]:
+        sections.append(_label_issues_section(folder, tally.rows, classes))
     formats = {"predicted": lambda v: f"{v} ({plots.class_name(v, classes)})"} if classes else {}
     page = render_page(
         f"alray report: {job['name']}",
@@ -201,6 +204,28 @@ def _extra_sections(folder: OutputFolder, has: dict[str, bool],
     if has[STATISTICS]:
         sections.append(_data_map_section(folder, name))
     return sections
+
+
+def _label_issues_section(folder: OutputFolder, rows: int,
+                          classes: list[str] | None) -> tuple[str, Section]:
+    """``label_issues.parquet``: how many rows confident learning flags, and the commonest
+    (given, suggested) pairs, as a table."""
+    flagged = _read_table(folder, folder.LABEL_ISSUES, ["given", "suggested"])
+    pairs = flagged.group_by(["given", "suggested"]).aggregate([("given", "count")])
+    pairs = pairs.sort_by([("given_count", "descending"), ("given", "ascending"),
+                           ("suggested", "ascending")]).slice(0, 10).to_pylist()
+    def name(index: int) -> str:
+        return plots.class_name(index, classes)
+
+    lines = ["given          suggested        rows"] + [
+        f"{name(p['given']):<14} {name(p['suggested']):<14} {p['given_count']:>6,}"
+        for p in pairs]
+    share = f" ({flagged.num_rows / rows:.1%} of {rows:,})" if rows else ""
+    caption = (f"Confident learning flags {flagged.num_rows:,} rows{share} whose given label is "
+               "probably wrong (label_issues.parquet, likeliest first); the commonest mix-ups, "
+               "given label against the model's class, are below.")
+    return "label_issues", Section("labels probably wrong", caption,
+                                   pre="\n".join(lines) if pairs else None)
 
 
 def _read_table(folder: OutputFolder, name: str, columns: list[str] | None = None) -> pa.Table:
