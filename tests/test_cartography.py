@@ -360,3 +360,71 @@ def test_the_log_is_read_from_and_the_outputs_written_to_object_storage(tmp_path
                                               "statistics.parquet")]
     logged = cartography("s3://training/logged", "s3://training/carto-2", storage=storage)
     assert logged.statistics.column("id").to_pylist() == [7, 8]
+
+
+# ----------------------------------------------------------------------- training hooks
+
+
+def test_an_epochs_parts_from_several_processes_are_read_as_one_epoch(tmp_path):
+    for part, ids in ((0, [0, 2, 4]), (1, [1, 3])):  # two ranks of a distributed run
+        logger = DynamicsLogger(str(tmp_path / "dyn"), part=part)
+        for _ in range(2):
+            logger.log(ids, [[1.0, 0.0]] * len(ids), [0] * len(ids))
+            logger.end_epoch()
+    assert sorted(os.listdir(tmp_path / "dyn"))[:2] == ["dynamics_rank0_epoch_0.parquet",
+                                                        "dynamics_rank0_epoch_1.parquet"]
+    result = cartography(str(tmp_path / "dyn"), str(tmp_path / "out"))
+    assert result.counts["epochs"] == 2 and result.counts["rows"] == 5
+    assert set(result.statistics.column("epochs").to_pylist()) == {2}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                            "ignore::FutureWarning")  # Lightning's own, on torch 2.13
+def test_the_lightning_callback_logs_what_each_training_step_saw(tmp_path):
+    import lightning
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from alray.cartography.lightning import DynamicsCallback
+
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()  # 3 classes
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(6, 3)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            ids, features, labels = batch
+            logits = self.net(features)
+            self.seen.append((self.current_epoch, ids.clone(), logits.detach().clone(),
+                              labels.clone()))
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels),
+                    "logits": logits.detach()}
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    module = Module()
+    loader = DataLoader(TensorDataset(torch.arange(120), x, y), batch_size=32, shuffle=True)
+    trainer = lightning.Trainer(max_epochs=3, accelerator="cpu", logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=str(tmp_path),
+                                callbacks=[DynamicsCallback(str(tmp_path / "dyn"))])
+    trainer.fit(module, loader)
+    assert sorted(os.listdir(tmp_path / "dyn")) == [f"dynamics_epoch_{e}.parquet"
+                                                    for e in range(3)]
+    epochs = [{"ids": [], "gold": [], "probs": []} for _ in range(3)]
+    for epoch, ids, logits, labels in module.seen:
+        epochs[epoch]["ids"] += ids.tolist()
+        epochs[epoch]["gold"] += labels.tolist()
+        epochs[epoch]["probs"].append(_softmax(logits.double().numpy()))
+    expected = reference_statistics([{"ids": e["ids"], "gold": np.array(e["gold"]),
+                                      "probs": np.concatenate(e["probs"])} for e in epochs])
+    result = cartography(str(tmp_path / "dyn"), str(tmp_path / "out"))
+    assert result.counts == {**result.counts, "rows": 120, "epochs": 3}
+    for row in result.statistics.to_pylist():
+        for name in ("gold_confidence", "gold_variability", "gold_correctness"):
+            assert row[name] == pytest.approx(expected[row["id"]][name], abs=1e-6), name

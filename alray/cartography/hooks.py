@@ -14,8 +14,10 @@ URL::
             logger.log(ids, logits, y)
         logger.end_epoch()             # publishes dynamics_epoch_<epoch>.parquet
 
-In a PyTorch Lightning module, call ``log`` in ``training_step`` and ``end_epoch`` in
-``on_train_epoch_end``: no Lightning import is needed, so none is added here.
+With PyTorch Lightning, :class:`alray.cartography.lightning.DynamicsCallback` drives this logger
+from the trainer's hooks (that module imports Lightning; nothing else in alray does). In
+distributed training each process passes its rank as ``part`` and writes its own part of every
+epoch.
 
 Rows go to the file in row groups as the epoch runs (memory: one row group), and the file is
 published whole when the epoch ends, never half-written if training stops mid-epoch.
@@ -64,17 +66,20 @@ class DynamicsLogger:
         format: ``parquet`` (default) or ``jsonl``, the reference implementation's layout
             (``guid``, ``logits_epoch_N``, ``gold``; ``dynamics_epoch_N.jsonl``).
         epoch: the number of the first epoch written (a resumed training run continues).
+        part: this process's rank in distributed training: each writes its own part of every
+            epoch (``dynamics_rank<part>_epoch_<N>``), and the parts are read as one epoch.
+            None for one process.
         storage: fsspec options by protocol.
     """
 
     def __init__(self, uri: str, *, output: str = "logits", format: str = "parquet",
-                 epoch: int = 0, storage: Storage | None = None):
+                 epoch: int = 0, part: int | None = None, storage: Storage | None = None):
         if output not in ("logits", "probs"):
             raise ValueError(f"output must be 'logits' or 'probs'; got {output!r}")
         if format not in ("parquet", "jsonl"):
             raise ValueError(f"format must be 'parquet' or 'jsonl'; got {format!r}")
         self.uri, self.output, self.format, self.storage = uri, output, format, storage
-        self.epoch = epoch
+        self.epoch, self.part = epoch, part
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._file: contextlib.ExitStack | None = None
@@ -86,7 +91,8 @@ class DynamicsLogger:
     def path(self) -> str:
         """The current epoch's file."""
         suffix = "parquet" if self.format == "parquet" else "jsonl"
-        return join_uri(self.uri, f"dynamics_epoch_{self.epoch}.{suffix}")
+        rank = "" if self.part is None else f"rank{self.part}_"
+        return join_uri(self.uri, f"dynamics_{rank}epoch_{self.epoch}.{suffix}")
 
     def log(self, ids: Any, outputs: Any, gold: Any) -> None:
         """Record a batch: ``ids [B]`` (integers or strings), ``outputs [B, C]`` (logits or

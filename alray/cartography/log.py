@@ -1,9 +1,10 @@
-"""Reading a training log: one file per epoch, streamed in batches of rows.
+"""Reading a training log: files per epoch, streamed in batches of rows.
 
 A log is a folder (local or any fsspec URL), or a glob, of per-epoch parquet or JSON-lines files;
 a folder holding ``training_dynamics/`` (the layout of the reference implementation of dataset
 cartography, Swayamdipta et al. 2020) is read from there. A file's epoch is the last number in
-its name (``dynamics_epoch_7.jsonl`` is epoch 7). Each row names:
+its name (``dynamics_epoch_7.jsonl`` is epoch 7). Several files of one epoch are its parts (one
+per training process, ``dynamics_rank1_epoch_7.parquet``), read together. Each row names:
 
 ==========  ====================================================================================
 id          ``id`` or ``guid`` (integers or strings), unique within an epoch
@@ -101,11 +102,11 @@ def _format_of(name: str) -> str | None:
 
 
 def find_epochs(uri: str, storage: Storage | None = None) -> list[EpochFile]:
-    """The epoch files of the log at ``uri``, by epoch.
+    """The files of the log at ``uri``, by epoch (then by name: an epoch's parts are adjacent).
 
     Raises:
-        ConfigError: (naming ``DYNAMICS``) nothing there, a file whose name has no epoch number,
-            or two files of one epoch.
+        ConfigError: (naming ``DYNAMICS``) nothing there, or a file whose name has no epoch
+            number.
     """
     fs, path = url_to_fs(uri, storage)
     protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
@@ -120,7 +121,7 @@ def find_epochs(uri: str, storage: Storage | None = None) -> list[EpochFile]:
             path = f"{path.rstrip('/')}/{REFERENCE_FOLDER}"
         paths = fs.ls(path, detail=False) if fs.isdir(path) else [path]
         where = uri
-    by_epoch: dict[int, EpochFile] = {}
+    files: list[EpochFile] = []
     for found in sorted(paths):
         name = found.rsplit("/", 1)[-1]
         kind = _format_of(name)
@@ -130,15 +131,11 @@ def find_epochs(uri: str, storage: Storage | None = None) -> list[EpochFile]:
         if epoch is None:
             raise ConfigError("DYNAMICS", f"{name}: no epoch number in the file name; name each "
                                           "epoch's file with its number (dynamics_epoch_3.jsonl)")
-        if epoch in by_epoch:
-            other = by_epoch[epoch].uri.rsplit("/", 1)[-1]
-            raise ConfigError("DYNAMICS", f"{name} and {other} are both epoch {epoch}; keep one "
-                                          "file per epoch")
-        by_epoch[epoch] = EpochFile(epoch, protocol + found if protocol else found, kind)
-    if not by_epoch:
+        files.append(EpochFile(epoch, protocol + found if protocol else found, kind))
+    if not files:
         raise ConfigError("DYNAMICS", f"no .parquet, .jsonl or .json files under {where!r}; give "
                                       "the folder of the per-epoch files")
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return sorted(files, key=lambda f: (f.epoch, f.uri))
 
 
 # ----------------------------------------------------------------------------------- columns

@@ -58,11 +58,13 @@ class CartographyResult:
 
 
 def _log_batches(files: list[EpochFile], columns: LogColumns, storage: Storage | None):
-    """``(file, batch)`` over every epoch in order, ``(file, None)`` where an epoch ends."""
-    for file in files:
+    """``(file, batch)`` over every epoch in order (an epoch's parts one after the other),
+    ``(file, None)`` where an epoch ends."""
+    for at, file in enumerate(files):
         for batch in epoch_batches(file, columns, storage=storage):
             yield file, batch
-        yield file, None
+        if at + 1 == len(files) or files[at + 1].epoch != file.epoch:
+            yield file, None
 
 
 def _read_log(files: list[EpochFile], columns: LogColumns, storage: Storage | None,
@@ -182,7 +184,7 @@ def cartography(dynamics: str, out: str, *, hard: float = 0.33, ambiguous: float
         carried = _carried(files, statistics.column("id").combine_chunks().take(
             pa.array(hard_rows)), carry, columns, storage)
     selection = _selection(statistics, hard_rows, k, dynamics, carried, carry)
-    counts = {"rows": statistics.num_rows, "epochs": len(files), "classes": state.classes,
+    counts = {"rows": statistics.num_rows, "epochs": len(state.epochs), "classes": state.classes,
               **{name: int((region == i).sum()) for i, name in enumerate(REGIONS)},
               "selected": selection.num_rows}
     folder = OutputFolder(out, storage or {})
