@@ -545,8 +545,8 @@ def _check_scoring(spec: JobSpec) -> None:
 def _check_labels(spec: JobSpec) -> None:
     """``pool.label_column`` and ``pool.fold_column`` against the model and the strategy."""
     pool, model = spec.pool, spec.model
-    needs_labels = not is_custom(spec.scoring.strategy) and SCORES[spec.scoring.strategy].needs_labels
-    if needs_labels and pool.label_column is None:
+    strategy = spec.scoring.strategy
+    if not is_custom(strategy) and SCORES[strategy].needs_labels and pool.label_column is None:
         raise ConfigError("pool.label_column", f"required by scoring.strategy "
                                                f"{spec.scoring.strategy}; name the column of "
                                                "the given labels")

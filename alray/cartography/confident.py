@@ -31,20 +31,14 @@ Labels", JAIR 2021, Sections 3.1-3.2, as cleanlab implements it):
 
 Passes. The thresholds need the whole pool before any row can be counted into the confident
 joint, and the prune counts need the whole confident joint before any row can be picked: three
-dependent reductions. Pass 1 (:class:`ClassTotals`) is a plain sum, cheap enough to fold into
-scoring and merge per shard. Pass 2 sums :func:`confident_joint` per chunk and, at the same time,
-keeps each pair's best-margin rows in an :class:`IssueFlagger` whose per-pair limits start at the
-class sizes and, whenever a chunk could take it over ``buffer_rows`` entries, shrink to about
-three times the prune counts projected from the joint seen so far. When the final prune counts
-fit every limit that was applied, the rows kept are exactly those a flagger built with the final
-counts keeps, and no third read is needed; otherwise :func:`find_label_issues` reads the chunks
-a third time with an exact :class:`IssueFlagger`. Either way the result is the same.
+dependent reductions, one read each. Pass 1 (:class:`ClassTotals`) is a plain sum, cheap enough
+to fold into scoring and merge per shard; :func:`flag_rows` takes the pool's totals and reads the
+chunks twice more: the confident joint (:func:`confident_joint`), then an :class:`IssueFlagger`
+built with the prune counts. :func:`find_label_issues` does all three reads itself.
 
-Memory: O(C^2) for the reductions. An exact flagger holds at most ``sum(to_flag)`` (row number,
-margin) entries of 16 bytes, plus id, labels and two floats for those of them that can survive
-step 6; never the pool. The speculative pass 2 holds about ``max(buffer_rows, 3 * sum(to_flag))``
-entries besides the chunk in hand, and a ``[rows given i, C]`` margin block per class while
-offering a chunk.
+Memory: O(C^2) for the reductions. A flagger holds at most ``sum(to_flag)`` (row number, margin)
+entries of 16 bytes, plus id, labels and two floats for those of them that can survive step 6,
+and a ``[rows given i, C]`` margin block per class while offering a chunk; never the pool.
 
 Ties. cleanlab orders margins with NumPy's default (unstable) argsort, so it has no rule for
 rows of equal margin; here the earlier row wins (chunk order, then position in the chunk).
@@ -70,6 +64,7 @@ __all__ = [
     "prune_counts",
     "IssueFlagger",
     "find_label_issues",
+    "flag_rows",
 ]
 
 #: cleanlab's FLOATING_POINT_COMPARISON: the slack under a threshold and the bump of the given
@@ -81,8 +76,6 @@ _THRESHOLD_FLOOR = 2 * _FUZZ
 _ABSENT_CLASS_THRESHOLD = 2.0
 #: cleanlab's TINY_VALUE, the floor of a calibration denominator.
 _TINY = 1e-100
-#: Key of the result schema's metadata recording how many times find_label_issues read chunks().
-READS_KEY = b"alray.confident.reads"
 #: The result's columns, in order.
 RESULT_COLUMNS = ("id", "given", "suggested", "self_confidence", "margin")
 
@@ -412,9 +405,7 @@ class IssueFlagger:
         np.fill_diagonal(to_flag, 0)
         classes = to_flag.shape[0]
         self._classes = classes
-        self._limit = to_flag                       # [C, C] rows a pair keeps now
-        self._floor = to_flag.copy()                # [C, C] smallest limit ever applied
-        self._dropped = np.zeros_like(to_flag, bool)  # [C, C] a row seen was not kept
+        self._limit = to_flag                       # [C, C] rows a pair keeps
         self._bar = np.full(to_flag.shape, -np.inf)  # [C, C] margin a new row must beat
         self._seq = [[np.empty(0, np.int64)] * classes for _ in range(classes)]
         self._margin = [[np.empty(0, np.float64)] * classes for _ in range(classes)]
@@ -466,14 +457,12 @@ class IssueFlagger:
                      first: int) -> list[np.ndarray]:
         """Offer the chunk's rows given ``given`` (positions ``rows``) to that class's pairs;
         return the row numbers each pair admitted."""
-        self._dropped[given, self._limit[given] == 0] = True
         suggested = np.flatnonzero(self._limit[given])
         if suggested.size == 0:
             return []
         margins = probs[np.ix_(rows, suggested)] - probs[rows, given][:, None]
         # A full pair admits only rows beating its weakest kept one; a tie goes to the earlier.
         beating = margins > self._bar[given, suggested]
-        self._dropped[given, suggested] |= ~beating.all(axis=0)
         admitted = []
         for column in np.flatnonzero(beating.any(axis=0)):
             chosen = beating[:, column]
@@ -490,7 +479,6 @@ class IssueFlagger:
         i, j = pair
         limit = int(self._limit[i, j])
         chosen = _top_rows(margin, seq, limit)
-        self._dropped[i, j] |= chosen.size < margin.size
         self._held += chosen.size - self._seq[i][j].size
         self._margin[i][j], self._seq[i][j] = margin[chosen], seq[chosen]
         full = limit > 0 and chosen.size >= limit
@@ -550,25 +538,6 @@ class IssueFlagger:
             "margin": pa.array([], pa.float64()),
         })
 
-    # speculative use by find_label_issues ------------------------------------------------------
-
-    def _shrink(self, limits: np.ndarray) -> None:
-        """Lower each pair's limit to ``limits[i, j]`` ``[C, C]`` where that is smaller,
-        dropping the pair's weakest rows."""
-        for i, j in np.argwhere(limits < self._limit):
-            self._limit[i, j] = limits[i, j]
-            self._floor[i, j] = min(self._floor[i, j], limits[i, j])
-            self._keep((i, j), self._margin[i][j], self._seq[i][j])
-
-    def _narrow(self, to_flag: np.ndarray) -> bool:
-        """Switch to the final ``to_flag`` ``[C, C]`` if the rows kept so far are exactly what a
-        flagger built with it would keep (every pair that ever dropped a row kept, at every
-        moment, at least its ``to_flag`` best); return whether it could."""
-        if (self._dropped & (to_flag > self._floor)).any():
-            return False
-        self._shrink(to_flag)
-        return True
-
 
 # -- both passes -----------------------------------------------------------------------------------
 
@@ -581,82 +550,50 @@ def _checked_chunks(chunks: Callable[[], Iterable[Chunk]], classes: int) -> Iter
         yield _checked_ids(ids, gold.size), gold, probs
 
 
-def _check_same_rows(flagger: IssueFlagger, totals: ClassTotals) -> None:
-    if not np.array_equal(flagger._class_rows, totals.counts):
+def _check_same_rows(rows_per_class: np.ndarray, totals: ClassTotals) -> None:
+    if not np.array_equal(rows_per_class, totals.counts):
         raise ValueError("chunks() yielded different rows on a later read: rows per class "
-                         f"{flagger._class_rows.tolist()}, first read {totals.counts.tolist()}")
+                         f"{rows_per_class.tolist()}, first read {totals.counts.tolist()}")
 
 
-def _flaggable(class_counts: np.ndarray, min_examples_per_class: int) -> np.ndarray:
-    """``[C, C]`` bool: the pairs (given ``i``, suggested ``j != i``) that can flag rows."""
-    pairs = ~np.eye(class_counts.size, dtype=bool)
-    pairs[class_counts <= max(min_examples_per_class, 1)] = False
-    return pairs
+def flag_rows(chunks: Callable[[], Iterable[Chunk]], totals: ClassTotals, *,
+              min_examples_per_class: int = 1, frac_noise: float = 1.0) -> pa.Table:
+    """The flagged rows of the pool ``chunks()`` yields, given its :class:`ClassTotals` (pass 1,
+    however it was taken: a job sums them per shard while scoring). Reads the chunks twice: the
+    confident joint, then an exact :class:`IssueFlagger`. Returns :meth:`IssueFlagger.result`.
 
-
-def _budget_share(class_counts: np.ndarray, budget: int) -> np.ndarray:
-    """``[C]``: each pair's share of ``budget`` entries by its given class, in proportion to the
-    class's rows."""
-    pool_pairs = max(1, int(class_counts.sum()) * (class_counts.size - 1))
-    return -(-budget * class_counts // pool_pairs)
-
-
-def _speculative_limits(joint: np.ndarray, class_counts: np.ndarray, flaggable: np.ndarray,
-                        buffer_rows: int, options: dict) -> np.ndarray:
-    """``[C, C]`` limits from the joint seen so far: twice the projected prune counts, plus
-    slack of the projection again and 64 rows, at most the pair's share of what ``buffer_rows``
-    leaves."""
-    projected = prune_counts(calibrate_joint(joint, class_counts), class_counts, **options)
-    leftover = max(0, buffer_rows - 2 * int(projected.sum()))
-    slack = np.minimum(_budget_share(class_counts, leftover)[:, None], projected + 64)
-    return np.where(flaggable, 2 * projected + slack, 0)
+    Raises:
+        ValueError: a chunk is malformed, or the chunks hold other rows than ``totals`` counts.
+    """
+    _check_prune_options(min_examples_per_class, frac_noise)
+    classes, thresholds = totals.classes, totals.thresholds()
+    joint, rows_per_class = np.zeros((classes, classes), np.int64), np.zeros(classes, np.int64)
+    for _, gold, probs in _checked_chunks(chunks, classes):
+        joint += _joint_of(gold, probs, thresholds)
+        rows_per_class += np.bincount(gold, minlength=classes)
+    _check_same_rows(rows_per_class, totals)
+    flagger = IssueFlagger(prune_counts(calibrate_joint(joint, totals.counts), totals.counts,
+                                        min_examples_per_class=min_examples_per_class,
+                                        frac_noise=frac_noise))
+    for chunk in _checked_chunks(chunks, classes):
+        flagger._add_checked(*chunk)
+    _check_same_rows(flagger._class_rows, totals)
+    return flagger.result()
 
 
 def find_label_issues(chunks: Callable[[], Iterable[Chunk]], classes: int, *,
-                      min_examples_per_class: int = 1, frac_noise: float = 1.0,
-                      buffer_rows: int = 2_000_000) -> pa.Table:
+                      min_examples_per_class: int = 1, frac_noise: float = 1.0) -> pa.Table:
     """The flagged rows of the pool ``chunks()`` yields, as :meth:`IssueFlagger.result`.
 
     ``chunks()`` must yield the same ``(ids [n], gold [n], probs [n, C])`` chunks, in the same
-    order, each time it is called. The result equals cleanlab's ``find_label_issues(labels,
-    pred_probs, filter_by="prune_by_noise_rate", min_examples_per_class=..., frac_noise=...)`` on
-    the concatenated pool (ties in margin aside, see the module docstring).
-
-    Reads: pass 1 sums :class:`ClassTotals`. Pass 2 sums the confident joint and streams the
-    rows into a flagger whose per-pair limits start at the class sizes; whenever a chunk could
-    take it over ``buffer_rows`` (pair, row) entries, the limits shrink (never grow) to twice the
-    prune counts projected from the joint so far plus slack (the projection again and 64 rows,
-    within the budget). If the final counts fit every limit applied, that is the answer; else a
-    third read runs an exact :class:`IssueFlagger`. The table's schema metadata
-    ``alray.confident.reads`` says which. Memory beyond one chunk: about
-    ``max(buffer_rows, 3 * rows flagged)`` entries of 16 bytes.
+    order, each time it is called; it is read three times: :class:`ClassTotals`, then
+    :func:`flag_rows`. The result equals cleanlab's ``find_label_issues(labels, pred_probs,
+    filter_by="prune_by_noise_rate", min_examples_per_class=..., frac_noise=...)`` on the
+    concatenated pool (ties in margin aside, see the module docstring). Memory beyond one chunk:
+    the rows flagged.
     """
-    classes = _checked_classes(classes)
-    _check_prune_options(min_examples_per_class, frac_noise)
-    if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, int) or buffer_rows < 0:
-        raise ValueError(f"buffer_rows must be an int >= 0; got {buffer_rows!r}")
-    options = {"min_examples_per_class": min_examples_per_class, "frac_noise": frac_noise}
-    totals = ClassTotals.zeros(classes)
+    totals = ClassTotals.zeros(_checked_classes(classes))
     for _, gold, probs in _checked_chunks(chunks, classes):
         totals._add_checked(gold, probs)
-    thresholds = totals.thresholds()
-    flaggable = _flaggable(totals.counts, min_examples_per_class)
-    flagger = IssueFlagger(np.where(flaggable, totals.counts[:, None], 0))
-    joint = np.zeros((classes, classes), np.int64)
-    for ids, gold, probs in _checked_chunks(chunks, classes):
-        joint += _joint_of(gold, probs, thresholds)
-        incoming = np.minimum(np.bincount(gold, minlength=classes)[:, None], flagger._limit)
-        if flagger._held + int(incoming.sum()) > buffer_rows:
-            flagger._shrink(_speculative_limits(joint, totals.counts, flaggable, buffer_rows,
-                                                options))
-        flagger._add_checked(ids, gold, probs)
-    _check_same_rows(flagger, totals)
-    to_flag = prune_counts(calibrate_joint(joint, totals.counts), totals.counts, **options)
-    reads = 2
-    if not flagger._narrow(to_flag):
-        flagger = IssueFlagger(to_flag)
-        for chunk in _checked_chunks(chunks, classes):
-            flagger._add_checked(*chunk)
-        _check_same_rows(flagger, totals)
-        reads = 3
-    return flagger.result().replace_schema_metadata({READS_KEY: str(reads).encode()})
+    return flag_rows(chunks, totals, min_examples_per_class=min_examples_per_class,
+                     frac_noise=frac_noise)

@@ -17,13 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alray.cartography.confident import (
-    ClassTotals,
-    IssueFlagger,
-    calibrate_joint,
-    confident_joint,
-    prune_counts,
-)
+from alray.cartography.confident import ClassTotals, flag_rows
 from alray.output.folder import OutputFolder
 from alray.sources.files import open_parquet, parquet_bytes
 
@@ -32,9 +26,10 @@ __all__ = ["class_totals", "flag_label_issues", "write_label_issues"]
 _READ_COLUMNS = ["id", "gold", "probs"]
 
 
-def _probs(table: pa.Table) -> np.ndarray:
-    """The ``probs`` column ``[n]`` of ``fixed_size_list<float32>[C]`` as ``[n, C]``."""
-    column = table.column("probs").combine_chunks()
+def _probs(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A ``probs`` column ``[n]`` of ``fixed_size_list<float32>[C]`` as ``[n, C]``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     width = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
 
@@ -44,7 +39,7 @@ def class_totals(scored: pa.Table) -> dict | None:
     (``gold``, ``probs``); None for a shard with no rows."""
     if not scored.num_rows:
         return None
-    probs = _probs(scored)
+    probs = _probs(scored.column("probs"))
     gold = scored.column("gold").to_numpy().astype(np.int64)
     return ClassTotals.zeros(probs.shape[1]).add(gold, probs).to_dict()
 
@@ -53,10 +48,9 @@ def _chunks(folder: OutputFolder, shard_ids: list[str]) -> Iterator[tuple]:
     for shard_id in shard_ids:
         with open_parquet(folder.scores(shard_id), folder.storage) as pf:
             for batch in pf.iter_batches(batch_size=262_144, columns=_READ_COLUMNS):
-                table = pa.Table.from_batches([batch])
-                if table.num_rows:
-                    yield (table.column("id").combine_chunks(),
-                           table.column("gold").to_numpy().astype(np.int64), _probs(table))
+                if batch.num_rows:
+                    yield (batch.column("id"), batch.column("gold").to_numpy().astype(np.int64),
+                           _probs(batch.column("probs")))
 
 
 def flag_label_issues(folder: OutputFolder, shard_ids: list[str],
@@ -73,15 +67,7 @@ def flag_label_issues(folder: OutputFolder, shard_ids: list[str],
     merged = ClassTotals.from_dict(totals[0])
     for part in totals[1:]:
         merged = merged.merge(ClassTotals.from_dict(part))
-    thresholds = merged.thresholds()
-    counts = np.zeros((merged.classes, merged.classes), np.int64)
-    for _, gold, probs in _chunks(folder, shard_ids):
-        counts += confident_joint(gold, probs, thresholds)
-    to_flag = prune_counts(calibrate_joint(counts, merged.counts), merged.counts)
-    flagger = IssueFlagger(to_flag)
-    for ids, gold, probs in _chunks(folder, shard_ids):
-        flagger.add(ids, gold, probs)
-    flagged = flagger.result()
+    flagged = flag_rows(lambda: _chunks(folder, shard_ids), merged)
     return flagged.append_column("shard", _shards_of(folder, shard_ids, flagged.column("id")))
 
 

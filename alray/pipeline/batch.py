@@ -116,9 +116,6 @@ class BatchScorer:
         self.kernel = None if self.score.name in CLASSIC_SCORES else self._load_kernel()
         self.target = target_index(spec) if self.score.needs_target else None
         self.output_kind = "outputs" if self.task == "regression" else predictor.output
-        #: ``pool.label_column``: each row's label statistics, and its class probabilities for
-        #: confident learning, go to the scores file.
-        self.labels = spec.pool.label_column is not None
         plan = CandidatePlan.of(spec)
         #: The vectors the candidates carry (the selection method's), and the embedding of
         #: labeled rows for ``kcenter``: nothing else leaves the device.
@@ -197,11 +194,12 @@ class BatchScorer:
             log_probs = to_log_probs(values)
             mean_lp = mean_log_probs(log_probs)
         columns = score_all(mean_lp)
+        probs = torch.exp(mean_lp) if gold is not None or "probs" in self.vectors else None
         if gold is not None:
             columns["gold"] = gold.int()
             columns.update({name: value.float() for name, value in
                             gold_statistics(log_probs, gold).items()})
-            columns["probs"] = torch.exp(mean_lp).float()
+            columns["probs"] = probs.float()
         if self.score.name in CLASSIC_SCORES:
             columns["score"] = columns[self.score.name]
         else:
@@ -211,7 +209,7 @@ class BatchScorer:
                 columns[self.score.name] = score
         vectors = {}
         if "probs" in self.vectors:
-            vectors["probs"] = torch.exp(mean_lp)
+            vectors["probs"] = probs
         if "samples" in self.vectors:  # [B, C, K] flattened to [B, C * K], samples last
             vectors["samples"] = torch.exp(log_probs).reshape(len(log_probs), -1)
         return columns, vectors

@@ -16,8 +16,8 @@ from alray.sources.plan import ShardSpec
 if TYPE_CHECKING:
     from alray.config import JobSpec
 
-__all__ = ["LABEL_COLUMNS", "SCORES_FILE_COLUMNS", "ShardOutcome", "bad_shard_outcome", "candidate_columns",
-           "error_record", "label_candidates", "scores_file_columns"]
+__all__ = ["LABEL_COLUMNS", "SCORES_FILE_COLUMNS", "ShardOutcome", "bad_shard_outcome",
+           "candidate_columns", "error_record", "label_candidates", "scores_file_columns"]
 
 #: A classification scores file's columns, in order. A built-in strategy beyond the classic four
 #: adds a column of its own name (``bald``, ...) before ``predicted``.

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from alray.cartography.pool import class_totals
 from alray.config import JobSpec
 from alray.errors import ShardError
 from alray.output.commits import ShardRecord, shard_key, write_commit
@@ -23,7 +24,6 @@ from alray.pipeline.outcome import (ShardOutcome, bad_shard_outcome, error_recor
                                     label_candidates, scores_file_columns)
 from alray.pipeline.vectors import CandidateVectors, VectorsIncomplete
 from alray.reduce import first_occurrences
-from alray.cartography.pool import class_totals
 from alray.selection.parts import CandidatePlan
 from alray.sources.files import parquet_bytes
 from alray.sources.images import read_image_shard

@@ -29,10 +29,7 @@ import torch
 
 from alray.scoring.samples import _samples
 
-__all__ = ["GOLD_STATISTICS", "gold_probabilities", "gold_statistics", "label_issue"]
-
-#: The per-row statistics of :func:`gold_statistics`, as the scores and statistics files name them.
-GOLD_STATISTICS = ("gold_confidence", "gold_variability", "gold_correctness")
+__all__ = ["gold_probabilities", "gold_statistics", "label_issue"]
 
 
 def _gold_index(gold: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,8 @@ def _row_values(batch: pa.RecordBatch, columns: ShardColumns,
         name = columns.label_column
         labels = decode_labels(batch.column(name), columns.label_names)
         _flag_unusable(batch, name, "label", labels, bad, "bad_label",
-                       f"label in column {name!r} is not one of model.classes")
+                       f"label in column {name!r} is not a class: give a class index >= 0, or "
+                       "a name listed in model.classes")
     if columns.fold_column is not None:
         name = columns.fold_column
         folds = decode_folds(batch.column(name), columns.folds)
